@@ -1,0 +1,192 @@
+"""The ``maskgen`` command: phantom, train, predict, evaluate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from maskgen import __version__
+
+
+def _add_method_hparams(p: argparse.ArgumentParser) -> None:
+    from maskgen.methods import METHODS
+
+    seen: dict[str, str] = {}
+    g = p.add_argument_group("method hyper-parameters (used by the methods that declare them)")
+    for mname, cls in sorted(METHODS.items()):
+        for key, hp in cls.HPARAMS.items():
+            if key in seen:
+                continue
+            seen[key] = mname
+            g.add_argument(f"--{key.replace('_', '-')}", dest=f"hp_{key}", type=hp.type, default=None,
+                           choices=hp.choices, help=f"[{mname}] {hp.help} (default {hp.default})")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from maskgen.extractors import EXTRACTORS
+    from maskgen.methods import METHODS
+
+    p.add_argument("--method", default="maskgen", choices=sorted(METHODS), help="training method (default maskgen)")
+    p.add_argument("--extractor", default="mind", choices=sorted(k for k in EXTRACTORS if k != "none"),
+                   help="frozen stable feature extractor (default mind: weight-free MIND-SSC)")
+    p.add_argument("--extractor-weights", default=None, help="weights file for extractors that need one (anatomix.pth)")
+    p.add_argument("--extractor-layer", default=None, help="extractor layer (anatomix: penultimate|final|INDEX)")
+    p.add_argument("--steps", type=int, default=250_000, help="training steps (paper: 250000 all-data, 40000 few-shot)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
+                   help="crop size (default: the paper's 128^3, clipped to the median image size)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="target voxel spacing in mm, RAS order (default: median of the training images)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--val-every", type=int, default=1000, help="validate (sliding window) every N steps")
+    p.add_argument("--base-width", type=int, default=20, help="UNet width at full resolution (reference: 20)")
+    p.add_argument("--n-poolings", type=int, default=5, help="UNet poolings (paper: 5)")
+    p.add_argument("--aug-prob", type=float, default=0.33, help="probability of each augmentation (paper: 0.33)")
+    p.add_argument("--no-flips", dest="flips", action="store_false",
+                   help="no flips/rotations (where left and right matter, as for AMOS and TopCoW)")
+    p.add_argument("--fg-fraction", type=float, default=0.33, help="share of patches centred on foreground")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--num-workers", type=int, default=1, help="data-loading worker processes")
+    _add_method_hparams(p)
+
+
+def _config_from_args(args: argparse.Namespace, dataset: str, out: str, method: str | None = None):
+    from maskgen.training.config import TrainConfig
+
+    hparams = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
+    layer = args.extractor_layer
+    if layer is not None and str(layer).lstrip("-").isdigit():
+        layer = int(layer)
+    return TrainConfig(
+        dataset=str(dataset), out=str(out), method=method or args.method, hparams=hparams, extractor=args.extractor,
+        extractor_weights=args.extractor_weights, extractor_layer=layer,
+        splits=getattr(args, "splits", None), train_subjects=getattr(args, "train_subjects", None),
+        steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size, spacing=args.spacing, lr=args.lr,
+        weight_decay=args.weight_decay, val_every=args.val_every, base_width=args.base_width,
+        n_poolings=args.n_poolings, aug_prob=args.aug_prob, flips=args.flips, fg_fraction=args.fg_fraction,
+        seed=args.seed, device=args.device, amp=args.amp, num_workers=args.num_workers,
+    )
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from maskgen.data.phantom import generate_phantom
+
+    out = generate_phantom(args.out_dir, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                           shape=tuple(args.shape), spacing=tuple(args.spacing), seed=args.seed,
+                           overwrite=args.overwrite)
+    print(f"phantom benchmark written to {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from maskgen.training.run import train_and_test
+
+    cfg = _config_from_args(args, args.dataset, args.out)
+    result = train_and_test(cfg, resume=args.resume, overwrite=args.overwrite, test=not args.no_test)
+    print(f"best validation Dice {result['best_val_dice']:.4f} at step {result['best_step']}; run folder {args.out}")
+    if "test_table" in result:
+        print(result["test_table"])
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from maskgen.inference.predict import Predictor
+
+    pred = Predictor(args.run, checkpoint=args.checkpoint, device=args.device, feature_mask=args.mask)
+    written = pred.predict_to_folder(args.input, args.output, overwrite=args.overwrite,
+                                     save_probabilities=args.save_probabilities)
+    print(f"wrote {len(written)} files to {args.output}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from maskgen.evaluation.evaluate import evaluate_folder, format_table
+
+    summary = evaluate_folder(args.pred, args.labels, out_dir=args.out, splits_file=args.splits,
+                              compute_hd95=not args.no_hd95, overwrite=args.overwrite)
+    print(format_table(summary))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from maskgen.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, overwrite=args.overwrite, device=args.device, seeds=args.seeds)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="maskgen", description=__doc__)
+    p.add_argument("--version", action="version", version=f"maskgen {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ph = sub.add_parser("phantom", help="generate the multi-domain phantom benchmark (nnU-Net layout)")
+    ph.add_argument("out_dir")
+    ph.add_argument("--n-train", type=int, default=8)
+    ph.add_argument("--n-val", type=int, default=2)
+    ph.add_argument("--n-test", type=int, default=4)
+    ph.add_argument("--shape", type=int, nargs=3, default=[96, 96, 96])
+    ph.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5])
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--overwrite", action="store_true")
+    ph.set_defaults(func=cmd_phantom)
+
+    tr = sub.add_parser("train", help="train a model on an nnU-Net-layout dataset, then test it")
+    tr.add_argument("dataset", help="dataset folder with dataset.json, imagesTr, labelsTr, ...")
+    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument("--splits", default=None, help="CSV/JSON assigning cases to train/val/test and domains")
+    tr.add_argument("--train-subjects", type=int, default=None, help="few-shot: train on N random subjects")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    tr.add_argument("--no-test", action="store_true", help="skip testing the best checkpoint on the test split")
+    _add_train_args(tr)
+    tr.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="segment NIfTI files with a trained run")
+    pr.add_argument("--run", required=True, help="run folder written by maskgen train")
+    pr.add_argument("--input", required=True, nargs="+", help="NIfTI file(s) or folder(s)")
+    pr.add_argument("--output", required=True, help="output folder for the masks")
+    pr.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    pr.add_argument("--save-probabilities", action="store_true", help="also write probabilities/<case>.nii.gz (4D: X, Y, Z, class)")
+    pr.add_argument("--mask", default=None, choices=["image", "features"],
+                    help="zero one input source at inference, to measure the model's dependence on it")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--overwrite", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="Dice and HD95 per case, class and domain")
+    ev.add_argument("--pred", required=True)
+    ev.add_argument("--labels", required=True)
+    ev.add_argument("--splits", default=None, help="CSV/JSON naming each case's domain")
+    ev.add_argument("--out", default=None, help="where to write metrics_per_case.csv and summary.json (default --pred)")
+    ev.add_argument("--no-hd95", action="store_true")
+    ev.add_argument("--overwrite", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+    de = sub.add_parser("demo", help="phantom benchmark end to end: ERM vs MaskGen, in- and out-of-domain")
+    de.add_argument("--out", default="maskgen_demo")
+    de.add_argument("--quick", action="store_true", help="2-minute smoke version")
+    de.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 0)")
+    de.add_argument("--device", default="auto")
+    de.add_argument("--overwrite", action="store_true")
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"maskgen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,679 @@
+"""Procedural multi-domain 3D phantom: the embedded default dataset that demonstrates domain generalisation.
+
+Every subject has one random anatomy (a body with a fat shell, a CSF-like rim and ventricle, a textured
+grey/white "parenchyma", unlabelled lesion-mimic blobs and 4 labelled structures of very different size
+and shape). The anatomy is rendered in several imaging *domains* from per-tissue (T1, T2, PD, HU)
+parameters through MR signal equations or as CT Hounsfield units, so the domains of one subject are
+exactly co-registered and share one label map while their tissue contrasts differ, including order flips
+(the organ is brighter than its surroundings in T1w and darker in T2w; fluid is bright in T2w and dark in
+FLAIR). Per-domain bias field, noise, blur and thick slices widen the gap. An image-only model trained on
+one contrast therefore fails on the others although the anatomy, and any domain-stable feature computed
+from it, is unchanged: the setting MaskGen is built for.
+
+The dataset is written in nnU-Net v2 raw layout (see :mod:`maskgen.data.nnunet`). ``channel_names`` says
+"MR" even though the test set holds a CT domain: the training domain decides the normalisation, so CT
+test images are min-max normalised over their own range instead of HU-clipped, which simply makes them
+one more unseen contrast.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy.ndimage import gaussian_filter, uniform_filter1d
+from scipy.spatial import cKDTree
+
+from maskgen.io import atomic_write, atomic_write_json, atomic_write_text, ensure_fresh_dir
+
+DOMAINS = ("T1w", "T2w", "PDw", "FLAIR", "CT")
+LABELS = {"background": 0, "organ": 1, "ellipsoid": 2, "nodule": 3, "vessel": 4}
+STRUCTURES = ("organ", "ellipsoid", "nodule", "vessel")  # label k = STRUCTURES[k - 1]
+
+# Tissue -> (T1 ms, T2 ms, PD, CT HU), roughly 1.5 T values. Chosen so that every labelled structure
+# differs from the parenchyma in every domain, but with domain-dependent sign (see the module docstring).
+# "wm"/"gm" are the two ends of the parenchyma mixture; "mimic" are unlabelled lesion-like distractors
+# that look like the organ in T1w only, so a T1w model must learn shape, not brightness.
+TISSUES: dict[str, tuple[float, float, float, float]] = {
+    "air": (1.0, 1.0, 0.0, -1000.0),
+    "fat": (260.0, 80.0, 0.90, -100.0),
+    "csf": (4000.0, 2000.0, 1.00, 8.0),
+    "wm": (800.0, 75.0, 0.70, 28.0),
+    "gm": (1300.0, 100.0, 0.82, 38.0),
+    "mimic": (600.0, 130.0, 0.85, 40.0),
+    "organ": (450.0, 40.0, 1.00, 70.0),  # T1w+, T2w-, PDw+, FLAIR-, CT+ (enhancing)
+    "ellipsoid": (2100.0, 1000.0, 0.95, 12.0),  # T1w-, T2w+, PDw+, FLAIR+, CT- (cyst-like)
+    "nodule": (700.0, 30.0, 0.45, 650.0),  # dark in all MR, very bright in CT (calcified)
+    "vessel": (350.0, 180.0, 0.95, 320.0),  # bright everywhere (contrast-filled)
+}
+_T = {name: i for i, name in enumerate(TISSUES)}
+_PARENCHYMA = _T["wm"]  # parenchyma voxels carry tissue id "wm" and a gm fraction
+
+# MR sequence parameters (ms). "SE": spin echo; "IR": magnitude inversion recovery.
+PROTOCOLS: dict[str, dict[str, float | str]] = {
+    "T1w": {"kind": "SE", "TR": 500.0, "TE": 15.0},
+    "T2w": {"kind": "SE", "TR": 4000.0, "TE": 100.0},
+    "PDw": {"kind": "SE", "TR": 3000.0, "TE": 15.0},
+    "FLAIR": {"kind": "IR", "TR": 9000.0, "TE": 100.0, "TI": 2200.0},
+    "CT": {"kind": "HU"},
+}
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """Acquisition imperfections of one domain; they differ so that no two domains share noise statistics."""
+
+    bias: float  # std of log bias field (0: none)
+    noise: float  # MR: SNR w.r.t. the mean body signal (Rician); CT: Gaussian noise std in HU
+    blur: float  # Gaussian PSF sigma in voxels
+    thick: int  # slice thickness in voxels (1: none), simulated by block averaging + linear upsampling
+    axis: int  # slice axis for ``thick``
+
+
+DEGRADATIONS: dict[str, Degradation] = {
+    "T1w": Degradation(bias=0.12, noise=40.0, blur=0.5, thick=1, axis=2),
+    "T2w": Degradation(bias=0.20, noise=25.0, blur=0.7, thick=1, axis=2),
+    "PDw": Degradation(bias=0.15, noise=30.0, blur=0.6, thick=1, axis=2),
+    "FLAIR": Degradation(bias=0.25, noise=18.0, blur=0.8, thick=3, axis=2),
+    "CT": Degradation(bias=0.0, noise=10.0, blur=0.9, thick=2, axis=0),
+}
+
+# split -> (images folder, labels folder) of the nnU-Net v2 raw layout
+_FOLDERS = {
+    "train": ("imagesTr", "labelsTr"),
+    "val": ("imagesVal", "labelsVal"),
+    "test": ("imagesTs", "labelsTs"),
+}
+_MIN_SHAPE = 32  # field of view in finest voxels; below it the small structures no longer fit
+
+
+# --------------------------------------------------------------------------- smooth random fields
+
+
+def _smooth_noise(
+    rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[float], cell_mm: float
+) -> np.ndarray:
+    """Zero-mean, unit-std random field, smooth on the scale ``cell_mm``.
+
+    Gaussian noise on a coarse control grid (spacing ~``cell_mm``, one extra point beyond each edge so
+    the borders are not damped) is interpolated with a separable Gaussian kernel: three small matrix
+    products, far cheaper than smoothing full-resolution noise or spline-zooming it.
+    """
+    mats = []
+    for n, s in zip(shape, spacing):
+        c = max(2, math.ceil(n * s / cell_mm)) + 3
+        h = (n - 1) * s / (c - 3) if n > 1 else 1.0  # control spacing in mm
+        ctrl = (np.arange(c) - 1) * h  # -h, 0, h, ..., extent + h
+        x = np.arange(n) * s
+        w = np.exp(-0.5 * ((x[:, None] - ctrl[None, :]) / h) ** 2)
+        mats.append((w / w.sum(1, keepdims=True)).astype(np.float32))
+    f = rng.standard_normal(tuple(m.shape[1] for m in mats)).astype(np.float32)
+    a0, a1, a2 = mats
+    f = (a0 @ f.reshape(f.shape[0], -1)).reshape(len(a0), *f.shape[1:])  # (n0, c1, c2)
+    f = np.matmul(a1, f) @ a2.T  # (n0, n1, c2) -> (n0, n1, n2)
+    f -= f.mean()
+    f /= f.std() + 1e-8
+    return np.ascontiguousarray(f, np.float32)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """Uniformly random 3x3 rotation (QR of a Gaussian matrix with the sign fix)."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _small_rotation(rng: np.random.Generator, max_angle: float) -> np.ndarray:
+    """Rotation by a random angle <= ``max_angle`` (rad) about a random axis (Rodrigues)."""
+    k = rng.standard_normal(3)
+    k /= np.linalg.norm(k)
+    a = rng.uniform(-max_angle, max_angle)
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(a) * kx + (1 - math.cos(a)) * kx @ kx
+
+
+# --------------------------------------------------------------------------- anatomy
+
+
+@dataclass
+class _Ellipsoids:
+    """Smooth union of ellipsoids ``|R_i (q - c_i)| / a_i < 1`` (one ellipsoid = a plain ellipsoid)."""
+
+    centres: np.ndarray  # (n, 3) mm
+    axes: np.ndarray  # (n, 3) mm
+    rots: np.ndarray  # (n, 3, 3)
+    k: float = 0.15  # smooth-min softness (normalised radius units)
+
+    @property
+    def bound(self) -> tuple[np.ndarray, float]:
+        """Centre and radius of a sphere that contains the shape (used for analytic non-overlap)."""
+        c = self.centres.mean(0)
+        slack = 1.0 + (self.k * math.log(len(self.centres)) if len(self.centres) > 1 else 0.0)
+        return c, float(
+            max(np.linalg.norm(ci - c) + slack * a.max() for ci, a in zip(self.centres, self.axes))
+        )
+
+    def inside(self, q: np.ndarray) -> np.ndarray:
+        """Membership of points ``q`` (3, N) in mm."""
+        r = []
+        for c, a, rot in zip(self.centres, self.axes, self.rots):
+            local = rot @ (q - c[:, None])
+            r.append(np.sqrt(np.sum((local / a[:, None]) ** 2, axis=0)))
+        if len(r) == 1:
+            return r[0] < 1.0
+        r = np.stack(r)
+        rmin = r.min(0)
+        smin = rmin - self.k * np.log(np.exp(-(r - rmin) / self.k).sum(0))
+        return smin < 1.0
+
+
+@dataclass
+class _Tube:
+    """Points within ``radius`` of a sampled centreline."""
+
+    points: np.ndarray  # (m, 3) mm
+    radius: float
+
+    @property
+    def bound(self) -> tuple[np.ndarray, float]:
+        c = self.points.mean(0)
+        return c, float(np.linalg.norm(self.points - c, axis=1).max() + self.radius)
+
+    def inside(self, q: np.ndarray) -> np.ndarray:
+        d, _ = cKDTree(self.points).query(q.T, distance_upper_bound=self.radius)
+        return d < self.radius
+
+
+class _Layout:
+    """Random body and object placement in reference (undeformed) coordinates, all analytic.
+
+    Objects are kept apart through bounding spheres; because every shape is later evaluated at the
+    same warped coordinates ``q = x + d(x)``, disjoint reference shapes stay disjoint after the warp.
+    """
+
+    def __init__(self, rng: np.random.Generator, half: np.ndarray, vox: float, scale: float = 1.0):
+        self.rng = rng
+        self.vox = vox
+        L = float(half.min())
+        self.L = L
+        self.S = scale * L  # object size unit; shrunk on retries so crowded (small) volumes still fit
+        self.body_c = rng.normal(0.0, 0.02 * L, 3)
+        self.body_a = half * rng.uniform(0.76, 0.86, 3)
+        self.body_r = _small_rotation(rng, 0.25)
+        self.t_fat = max(0.06 * L, 1.0 * vox)
+        self.t_csf = max(0.03 * L, 0.5 * vox)
+        # Rims vary by +-30 % (see _rasterise); objects must clear the thickest rim.
+        self.rim = 1.3 * (self.t_fat + self.t_csf)
+        self.gap = max(0.02 * L, 1.0 * vox)
+        self.placed: list[tuple[np.ndarray, float]] = []
+
+    def body_radius(self, p: np.ndarray) -> np.ndarray:
+        """Normalised ellipsoid radius of points ``p`` (..., 3): < 1 inside the body."""
+        local = (p - self.body_c) @ self.body_r.T
+        return np.sqrt(np.sum((local / self.body_a) ** 2, axis=-1))
+
+    def fits(self, c: np.ndarray, b: float) -> bool:
+        """Sphere (c, b) lies in the body interior (inside the rims) and clear of all placed objects."""
+        c = np.atleast_2d(c)
+        # r is Lipschitz with constant 1/min(a): clearance (1 - r) min(a) bounds the distance to the surface.
+        if np.any((1.0 - self.body_radius(c)) * self.body_a.min() < b + self.rim + self.gap):
+            return False
+        return all(np.all(np.linalg.norm(c - pc, axis=1) >= b + pb + self.gap) for pc, pb in self.placed)
+
+    def random_interior_point(self, b: float) -> np.ndarray:
+        """Uniform point in the body's reference ellipsoid shrunk to leave room for a sphere of radius b."""
+        u = self.rng.standard_normal(3)
+        u *= self.rng.uniform() ** (1 / 3) / np.linalg.norm(u)
+        scale = np.maximum(self.body_a - b - self.rim, 0.0)
+        return self.body_c + self.body_r.T @ (u * scale)
+
+    def place(self, make, tries: int = 200):
+        """Draw shapes from ``make()`` until one fits; register and return it (None if none fits)."""
+        for _ in range(tries):
+            shape = make()
+            c, b = shape.bound
+            pts = shape.points if isinstance(shape, _Tube) else c
+            rad = shape.radius if isinstance(shape, _Tube) else b
+            if self.fits(pts, rad):
+                self.placed.append((np.atleast_2d(pts), rad))
+                return shape
+        return None
+
+    # -- shape factories (sizes relative to L with voxel floors so tiny volumes still resolve them)
+
+    def organ(self) -> _Ellipsoids:
+        n = int(self.rng.integers(2, 4))
+        axes = self.S * self.rng.uniform([0.19, 0.13, 0.11], [0.25, 0.17, 0.14], (n, 3))
+        axes = np.maximum(axes, 2.5 * self.vox)
+        dirs = self.rng.standard_normal((n, 3))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        offsets = dirs * self.S * self.rng.uniform(0.09, 0.14, (n, 1))
+        c = self.random_interior_point(0.3 * self.S)
+        return _Ellipsoids(c + offsets, axes, np.stack([_random_rotation(self.rng) for _ in range(n)]))
+
+    def ellipsoid(self) -> _Ellipsoids:
+        axes = self.S * self.rng.uniform([0.13, 0.09, 0.07], [0.17, 0.12, 0.09])
+        axes = np.maximum(axes, 2.0 * self.vox)
+        c = self.random_interior_point(axes.max())
+        return _Ellipsoids(c[None], axes[None], _random_rotation(self.rng)[None])
+
+    def nodule(self) -> _Ellipsoids:
+        rho = max(self.S * self.rng.uniform(0.05, 0.065), 2.2 * self.vox)
+        axes = rho * self.rng.uniform(0.88, 1.12, 3)
+        c = self.random_interior_point(axes.max())
+        return _Ellipsoids(c[None], axes[None], _random_rotation(self.rng)[None])
+
+    def vessel(self) -> _Tube:
+        """Smooth random curve: a chord bent by two random sinusoids perpendicular to it."""
+        radius = max(self.S * self.rng.uniform(0.022, 0.03), 1.2 * self.vox)
+        length = self.S * self.rng.uniform(0.7, 1.0)
+        u = self.rng.standard_normal(3)
+        u /= np.linalg.norm(u)
+        v1 = np.cross(u, self.rng.standard_normal(3))
+        v1 /= np.linalg.norm(v1)
+        v2 = np.cross(u, v1)
+        mid = self.random_interior_point(0.5 * length)
+        m = max(8, int(math.ceil(length / (0.25 * self.vox))))
+        t = np.linspace(0.0, 1.0, m)[:, None]
+        a1, a2 = self.S * self.rng.uniform(-0.15, 0.15, 2)
+        phase = self.rng.uniform(0, 2 * np.pi)
+        pts = (
+            mid
+            + (t - 0.5) * length * u
+            + a1 * np.sin(np.pi * t) * v1
+            + a2 * np.sin(2 * np.pi * t + phase) * v2
+        )
+        return _Tube(pts, radius)
+
+    def blob(self, scale: tuple[float, float, float]) -> _Ellipsoids:
+        axes = np.maximum(self.S * np.asarray(scale) * self.rng.uniform(0.8, 1.2, 3), 1.5 * self.vox)
+        c = self.random_interior_point(axes.max())
+        return _Ellipsoids(c[None], axes[None], _random_rotation(self.rng)[None])
+
+
+@dataclass
+class _Anatomy:
+    """Subject-level quantities shared by all domains: tissue map and per-voxel tissue parameters."""
+
+    tissue: np.ndarray  # uint8 tissue ids (index into TISSUES)
+    label: np.ndarray  # uint8 0..4
+    t1: np.ndarray  # float32 maps (ms, ms, a.u., HU)
+    t2: np.ndarray
+    pd: np.ndarray
+    hu: np.ndarray
+
+
+def _make_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray) -> _Anatomy:
+    """Random anatomy; redraws (deterministically, from ``rng``) until every label is well represented."""
+    half = (np.asarray(shape) - 1) / 2 * spacing
+    vox = float(spacing.min())
+    axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2) * np.float32(s) for n, s in zip(shape, spacing)]
+    for attempt in range(30):
+        lay = _Layout(rng, half, vox, scale=max(0.6, 0.95**attempt))
+        structures = [
+            lay.place(lay.organ),
+            lay.place(lay.ellipsoid),
+            lay.place(lay.nodule),
+            lay.place(lay.vessel),
+        ]
+        if any(s is None for s in structures):
+            continue
+        # Unlabelled objects only where they do not touch the structures; skipped when nothing fits.
+        ventricle = lay.place(partial(lay.blob, (0.13, 0.07, 0.06)), tries=50)
+        mimics = [
+            lay.place(partial(lay.blob, (0.06, 0.05, 0.045)), tries=50)
+            for _ in range(int(rng.integers(2, 5)))
+        ]
+
+        # Smooth warp: a coarse and a fine displacement component, a few mm each.
+        L = lay.L
+        q = np.empty((3, *shape), np.float32)
+        dmax = 0.0
+        for i in range(3):
+            d = 0.03 * L * _smooth_noise(rng, shape, spacing, 0.8 * L)
+            d += 0.02 * L * _smooth_noise(rng, shape, spacing, 0.2 * L)
+            dmax = max(dmax, float(np.abs(d).max()))
+            q[i] = np.expand_dims(axes[i], [j for j in range(3) if j != i]) + d
+        tex = [_smooth_noise(rng, shape, spacing, cell * L) for cell in (0.25, 0.12, 0.12)]
+
+        background = [(ventricle, _T["csf"])] + [(m, _T["mimic"]) for m in mimics]
+        tissue = _rasterise(lay, q, dmax, spacing, tex[0], background, structures)
+        label = np.where(tissue >= _T["organ"], tissue - _T["organ"] + 1, 0).astype(np.uint8)
+        counts = np.bincount(label.ravel(), minlength=5)[1:]
+        expected = np.array([_expected_voxels(s, float(np.prod(spacing))) for s in structures])
+        if np.all(counts >= np.maximum(4, 0.3 * expected)):
+            return _tissue_maps(rng, tissue, label, tex)
+    raise RuntimeError(
+        f"could not generate a phantom anatomy for shape {shape} and spacing {spacing.tolist()}"
+    )
+
+
+def _expected_voxels(shape: _Ellipsoids | _Tube, voxel_volume: float) -> float:
+    if isinstance(shape, _Tube):
+        length = np.linalg.norm(np.diff(shape.points, axis=0), axis=1).sum()
+        return math.pi * shape.radius**2 * length / voxel_volume
+    return 4 / 3 * math.pi * float(np.prod(shape.axes, axis=1).max()) / voxel_volume
+
+
+def _rasterise(
+    lay: _Layout,
+    q: np.ndarray,
+    dmax: float,
+    spacing: np.ndarray,
+    tex: np.ndarray,
+    background: list,
+    structures: list,
+) -> np.ndarray:
+    """Tissue ids on the voxel grid: body layers, then unlabelled objects, then labelled structures."""
+    shape = q.shape[1:]
+    r = lay.body_radius(np.moveaxis(q, 0, -1))
+    depth = (1.0 - r) * float(lay.body_a.mean())  # ~ mm below the body surface
+    wobble = 1.0 + 0.3 * np.clip(tex, -1.0, 1.0)
+    t_fat = lay.t_fat * wobble
+    tissue = np.full(shape, _T["air"], np.uint8)
+    tissue[depth > 0] = _T["fat"]
+    tissue[depth >= t_fat] = _T["csf"]
+    tissue[depth >= t_fat + lay.t_csf * wobble] = _PARENCHYMA
+    objects = [(o, t) for o, t in background if o is not None]
+    objects += [(s, _T["organ"] + k) for k, s in enumerate(structures)]
+    for obj, tid in objects:
+        sl = _box(obj, dmax, spacing, shape)
+        sub = q[(slice(None), *sl)]
+        mask = obj.inside(sub.reshape(3, -1)).reshape(sub.shape[1:])
+        tissue[sl][mask] = tid
+    return tissue
+
+
+def _box(obj: _Ellipsoids | _Tube, dmax: float, spacing: np.ndarray, shape) -> tuple[slice, ...]:
+    """Index box holding every voxel whose warped coordinate (grid point + displacement <= dmax) can hit ``obj``.
+
+    Evaluating shapes only there keeps rasterisation cheap; the grid is centred on the world origin.
+    """
+    if isinstance(obj, _Tube):
+        lo, hi = obj.points.min(0) - obj.radius, obj.points.max(0) + obj.radius
+    else:
+        c, b = obj.bound
+        lo, hi = c - b, c + b
+    sl = []
+    for i, n in enumerate(shape):
+        first = math.floor((lo[i] - dmax) / spacing[i] + (n - 1) / 2)
+        last = math.ceil((hi[i] + dmax) / spacing[i] + (n - 1) / 2)
+        sl.append(slice(min(max(first, 0), n), min(max(last + 1, 0), n)))
+    return tuple(sl)
+
+
+def _tissue_maps(
+    rng: np.random.Generator, tissue: np.ndarray, label: np.ndarray, tex: list[np.ndarray]
+) -> _Anatomy:
+    """Per-voxel T1/T2/PD/HU: subject-jittered tissue values, grey/white mixing and smooth texture."""
+    base = np.array(list(TISSUES.values()), np.float64)
+    jit = base.copy()
+    jit[:, :3] *= 1.0 + rng.normal(0.0, 0.03, (len(base), 3))
+    jit[:, 3] += rng.normal(0.0, 1.0, len(base)) * (0.03 * np.abs(base[:, 3]) + 2.0)
+    jit[_T["air"]] = base[_T["air"]]
+    table = jit.astype(np.float32)
+    maps = table[tissue]  # (*shape, 4)
+    par = tissue == _PARENCHYMA
+    w = 1.0 / (1.0 + np.exp(-2.5 * tex[2][par]))
+    maps[par] = table[_T["wm"]] * (1.0 - w)[:, None] + table[_T["gm"]] * w[:, None]
+    t1 = maps[..., 0] * (1.0 + 0.04 * tex[0])
+    t2 = maps[..., 1] * (1.0 + 0.05 * tex[1])
+    pd = maps[..., 2] * (1.0 + 0.03 * (tex[0] - tex[1]) / np.sqrt(2))
+    hu = maps[..., 3] + np.where(tissue == _T["air"], 0.0, 5.0 * tex[0]).astype(np.float32)
+    return _Anatomy(tissue, label, *(np.ascontiguousarray(m, np.float32) for m in (t1, t2, pd, hu)))
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _signal(anat: _Anatomy, domain: str) -> np.ndarray:
+    """Noise-free image of one domain: MR signal equation (arbitrary units) or HU."""
+    p = PROTOCOLS[domain]
+    if p["kind"] == "HU":
+        return anat.hu.copy()
+    tr, te = float(p["TR"]), float(p["TE"])
+    t2 = np.exp(-te / anat.t2)
+    if p["kind"] == "SE":
+        return anat.pd * (1.0 - np.exp(-tr / anat.t1)) * t2
+    ti = float(p["TI"])
+    return anat.pd * np.abs(1.0 - 2.0 * np.exp(-ti / anat.t1) + np.exp(-tr / anat.t1)) * t2
+
+
+def _thick_slices(img: np.ndarray, axis: int, f: int) -> np.ndarray:
+    """Average blocks of ``f`` slices (slice profile), keep one per block, interpolate linearly back."""
+    n = img.shape[axis]
+    if f <= 1 or n < 2 * f:
+        return img
+    centres = np.arange(f // 2, n, f)
+    sub = np.take(uniform_filter1d(img, f, axis=axis, mode="nearest"), centres, axis=axis)
+    pos = np.clip(np.arange(n), centres[0], centres[-1])
+    j = np.clip(np.searchsorted(centres, pos, side="right") - 1, 0, len(centres) - 2)
+    w = ((pos - centres[j]) / (centres[j + 1] - centres[j])).astype(img.dtype)
+    w = np.expand_dims(w, [k for k in range(img.ndim) if k != axis])
+    return np.take(sub, j, axis=axis) * (1 - w) + np.take(sub, j + 1, axis=axis) * w
+
+
+def _render(anat: _Anatomy, domain: str, rng: np.random.Generator, spacing: np.ndarray) -> np.ndarray:
+    """Signal -> PSF blur -> thick slices -> bias field and scanner gain -> noise (float32)."""
+    deg = DEGRADATIONS[domain]
+    img = _signal(anat, domain)
+    if deg.blur > 0:
+        img = gaussian_filter(img, deg.blur, mode="nearest")
+    img = _thick_slices(img, deg.axis, deg.thick)
+    shape = img.shape
+    if domain == "CT":
+        img = img + rng.standard_normal(shape, np.float32) * np.float32(deg.noise)
+        return img.astype(np.float32)
+    if deg.bias > 0:
+        extent = float(np.min(np.asarray(shape) * spacing))
+        img = img * np.exp(np.float32(deg.bias) * _smooth_noise(rng, shape, spacing, 0.7 * extent))
+    img = img * np.float32(rng.uniform(300.0, 3000.0))  # arbitrary scanner units
+    sigma = np.float32(img[anat.tissue != _T["air"]].mean() / deg.noise)
+    re = img + sigma * rng.standard_normal(shape, np.float32)
+    im = sigma * rng.standard_normal(shape, np.float32)
+    return np.sqrt(re * re + im * im).astype(np.float32)  # Rician magnitude
+
+
+def render_subject(
+    rng: np.random.Generator,
+    shape: Sequence[int] = (96, 96, 96),
+    spacing: Sequence[float] = (1.5, 1.5, 1.5),
+    domains: Sequence[str] = DOMAINS,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One random subject: its label map (uint8, 0..4) and a co-registered float32 image per domain.
+
+    The anatomy is drawn from ``rng`` first; each domain then gets its own generator seeded from
+    ``rng`` by its position in :data:`DOMAINS`, so a domain's image does not depend on which other
+    domains are requested (train subjects rendered in T1w only get the same T1w as test subjects would).
+    """
+    shape, spacing_arr = _check_geometry(shape, spacing)
+    domains = _check_domains(domains, "domains")
+    anat = _make_anatomy(rng, shape, spacing_arr)
+    seeds = rng.integers(0, 2**63 - 1, size=len(DOMAINS))
+    images = {
+        d: _render(anat, d, np.random.default_rng(seeds[DOMAINS.index(d)]), spacing_arr) for d in domains
+    }
+    return anat.label, images
+
+
+# --------------------------------------------------------------------------- dataset writer
+
+
+def _check_geometry(
+    shape: Sequence[int], spacing: Sequence[float]
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Validate shape and spacing; the field of view must span >= 32 of the finest voxels on every axis."""
+    shape = tuple(int(n) for n in shape)
+    sp = np.asarray(spacing, float)
+    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise ValueError(f"spacing must be 3 positive numbers (mm), got {tuple(spacing)}")
+    if len(shape) != 3 or min(shape) < 16 or np.min(np.asarray(shape) * sp) < _MIN_SHAPE * sp.min():
+        raise ValueError(
+            f"shape {shape} at spacing {tuple(sp.tolist())} is too small to hold the structures: need 3 sizes "
+            f">= 16 and a field of view of >= {_MIN_SHAPE} of the finest voxels along every axis"
+        )
+    return shape, sp  # type: ignore[return-value]
+
+
+def _check_domains(domains: Sequence[str], what: str) -> tuple[str, ...]:
+    if isinstance(domains, str):
+        domains = (domains,)
+    out = tuple(dict.fromkeys(domains))
+    unknown = [d for d in out if d not in DOMAINS]
+    if unknown or not out:
+        raise ValueError(
+            f"{what}: unknown or empty domain list {list(domains)}; choose from {', '.join(DOMAINS)}"
+        )
+    return out
+
+
+def phantom_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
+    """RAS affine with the given spacing that puts the volume centre at the world origin."""
+    sp = np.asarray(spacing, float)
+    aff = np.diag([*sp, 1.0])
+    aff[:3, 3] = -(np.asarray(shape, float) - 1) / 2 * sp
+    return aff
+
+
+def _save_nifti(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
+    img = nib.Nifti1Image(arr, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    atomic_write(path, lambda tmp: nib.save(img, tmp))
+
+
+def generate_phantom(
+    out_dir: str | Path,
+    n_subjects: int | None = None,
+    shape: Sequence[int] = (96, 96, 96),
+    spacing: Sequence[float] = (1.5, 1.5, 1.5),
+    train_domains: Sequence[str] = ("T1w",),
+    test_domains: Sequence[str] = DOMAINS,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write the phantom benchmark as an nnU-Net v2 raw dataset in ``out_dir`` and return it.
+
+    Subjects ``0..n_train-1`` are train, the next ``n_val`` val, the last ``n_test`` test. Train and val
+    subjects are rendered in ``train_domains`` (imagesTr / imagesVal), test subjects in every
+    ``test_domains`` (imagesTs: in-domain and unseen domains). Counts default to 8 / 2 / 4; when only
+    ``n_subjects`` is given it is split in the same proportions, and explicit counts must add up to it.
+    Subject k is drawn from ``default_rng([seed, k])``: the same for any number of subjects.
+
+    ``dataset.json`` and ``splits.csv`` are written last, so an interrupted run leaves no dataset that
+    looks complete. With ``overwrite`` old ``phantom_s*`` volumes that are not part of the new dataset are
+    removed from the image / label folders so the folders and splits.csv always agree.
+    """
+    shape, spacing_arr = _check_geometry(shape, spacing)
+    train_domains = _check_domains(train_domains, "train_domains")
+    test_domains = _check_domains(test_domains, "test_domains")
+    n_train, n_val, n_test = _split_counts(n_subjects, n_train, n_val, n_test)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+    out = ensure_fresh_dir(out_dir, overwrite, what="phantom dataset folder")
+    affine = phantom_affine(shape, spacing_arr)
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    rows: list[tuple[str, str, str, str]] = []
+    written: set[Path] = set()
+
+    from tqdm.auto import tqdm
+
+    for k, split in enumerate(tqdm(splits, desc="phantom", unit="subject", disable=not progress)):
+        domains = test_domains if split == "test" else train_domains
+        label, images = render_subject(np.random.default_rng([int(seed), k]), shape, spacing_arr, domains)
+        img_dir, lab_dir = (out / f for f in _FOLDERS[split])
+        for domain in domains:
+            case = f"phantom_s{k:03d}_{domain}"
+            for path, arr in (
+                (img_dir / f"{case}_0000.nii.gz", images[domain]),
+                (lab_dir / f"{case}.nii.gz", label),
+            ):
+                _save_nifti(path, arr, affine)
+                written.add(path)
+            rows.append((case, split, domain, f"s{k:03d}"))
+
+    for sub in (f for pair in _FOLDERS.values() for f in pair):
+        for p in (out / sub).glob("phantom_s*.nii.gz"):
+            if p not in written:
+                p.unlink()
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("case", "split", "domain", "subject"))
+    writer.writerows(rows)
+    atomic_write_text(out / "splits.csv", buf.getvalue())
+    atomic_write_json(
+        out / "dataset.json",
+        {
+            "name": "Phantom",
+            "description": (
+                "Procedural multi-domain 3D phantom (maskgen.data.phantom): co-registered renderings of random "
+                "anatomies in MR contrasts (T1w, T2w, PDw, FLAIR; arbitrary units) and CT (HU). Train on "
+                f"{'/'.join(train_domains)}, test on unseen domains. channel_names says MR: CT test images are "
+                "min-max normalised like the training contrast."
+            ),
+            "channel_names": {"0": "MR"},
+            "labels": dict(LABELS),
+            "numTraining": sum(1 for r in rows if r[1] == "train"),
+            "file_ending": ".nii.gz",
+            "phantom": {
+                "version": 1,
+                "seed": int(seed),
+                "shape": list(shape),
+                "spacing": [float(s) for s in spacing_arr],
+                "train_domains": list(train_domains),
+                "test_domains": list(test_domains),
+                "subjects": {
+                    s: [f"s{k:03d}" for k, sk in enumerate(splits) if sk == s]
+                    for s in ("train", "val", "test")
+                },
+                "protocols": {d: PROTOCOLS[d] for d in DOMAINS},
+                "degradations": {d: vars(DEGRADATIONS[d]).copy() for d in DOMAINS},
+                "tissues": {name: dict(zip(("T1", "T2", "PD", "HU"), v)) for name, v in TISSUES.items()},
+            },
+        },
+    )
+    return out
+
+
+def _split_counts(n_subjects, n_train, n_val, n_test) -> tuple[int, int, int]:
+    """Resolve train/val/test subject counts (defaults 8/2/4, or that ratio of ``n_subjects``)."""
+    given = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
+    for name, v in [("n_subjects", n_subjects), *given.items()]:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
+            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    if n_subjects is None:
+        n_train, n_val, n_test = (
+            8 if n_train is None else n_train,
+            2 if n_val is None else n_val,
+            4 if n_test is None else n_test,
+        )
+    else:
+        if n_test is None:
+            n_test = max(1, round(n_subjects * 4 / 14)) if n_subjects >= 2 else 0
+        if n_val is None:
+            n_val = max(1, round(n_subjects * 2 / 14)) if n_subjects >= 3 else 0
+        if n_train is None:
+            n_train = n_subjects - n_val - n_test
+        if n_train + n_val + n_test != n_subjects:
+            raise ValueError(
+                f"n_train + n_val + n_test = {n_train + n_val + n_test} != n_subjects = {n_subjects}"
+            )
+    if n_train < 1:
+        raise ValueError(f"need at least one train subject, got n_train={n_train}")
+    return int(n_train), int(n_val), int(n_test)

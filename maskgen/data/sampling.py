@@ -1,0 +1,80 @@
+"""Random training patches from volumes held in memory, augmented on the fly.
+
+The crop centre is a random foreground voxel with probability ``fg_fraction`` (nnU-Net oversamples
+foreground this way so small structures are seen) and uniform otherwise; volumes smaller than the patch
+are padded, as the paper's "pad to crop size" does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import SpatialPad
+from torch.utils.data import IterableDataset, get_worker_info
+
+
+class PatchSampler(IterableDataset):
+    def __init__(
+        self,
+        volumes: Sequence[dict[str, torch.Tensor]],
+        patch_size: Sequence[int],
+        augmentation=None,
+        fg_fraction: float = 0.33,
+        seed: int = 0,
+        max_fg_points: int = 200_000,
+    ):
+        if not volumes:
+            raise ValueError("no training volumes")
+        self.images = [v["image"].as_tensor() if hasattr(v["image"], "as_tensor") else v["image"] for v in volumes]
+        self.labels = [v["label"].as_tensor() if hasattr(v["label"], "as_tensor") else v["label"] for v in volumes]
+        self.patch = tuple(int(p) for p in patch_size)
+        self.aug = augmentation
+        self.fg_fraction = fg_fraction
+        self.seed = seed
+        rng = np.random.default_rng(seed)
+        self.fg_points = []
+        for lab in self.labels:
+            pts = torch.nonzero(lab[0] > 0).numpy()
+            if len(pts) > max_fg_points:
+                pts = pts[rng.choice(len(pts), max_fg_points, replace=False)]
+            self.fg_points.append(pts)
+        self.pad = SpatialPad(self.patch)
+
+    def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        i = int(rng.integers(len(self.images)))
+        img, lab = self.pad(self.images[i]), self.pad(self.labels[i])
+        shape = img.shape[1:]
+        pts = self.fg_points[i]
+        if len(pts) and rng.random() < self.fg_fraction:
+            c = pts[rng.integers(len(pts))]
+            # account for symmetric padding added by SpatialPad
+            c = [int(c[a]) + (shape[a] - self.labels[i].shape[1 + a]) // 2 for a in range(3)]
+            starts = [min(max(c[a] - self.patch[a] // 2, 0), shape[a] - self.patch[a]) for a in range(3)]
+        else:
+            starts = [int(rng.integers(shape[a] - self.patch[a] + 1)) for a in range(3)]
+        sl = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(starts, self.patch))
+        out = {"image": img[sl].clone(), "label": lab[sl].clone()}
+        if self.aug is not None:
+            out = self.aug(out)
+            out = {k: torch.as_tensor(v).contiguous() for k, v in out.items()}
+        out["image"] = out["image"].float()
+        out["label"] = out["label"].to(torch.uint8)
+        return out
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid = info.id if info is not None else 0
+        # each worker (and each resume) gets its own stream; MONAI transforms use their own RNG
+        seed = (self.seed * 1_000_003 + wid * 7919 + torch.initial_seed()) % (2**32)
+        rng = np.random.default_rng(seed)
+        if self.aug is not None:
+            self.aug.set_random_state(seed=int(seed % (2**31)))
+        while True:
+            yield self.sample(rng)
+
+
+def round_up(v: int, m: int) -> int:
+    return int(math.ceil(v / m) * m)

@@ -1,0 +1,326 @@
+"""Score a folder of predicted label maps against reference labels, per case and per domain.
+
+Writes ``metrics_per_case.csv`` (one row per case) and ``summary.json`` (mean ± standard error
+per domain and overall). NaN marks "not applicable" (class absent from both prediction and
+reference) and is excluded from means; ``inf`` HD95 (class present in only one of them) is also
+excluded from means but counted in ``n_nonfinite`` so misses stay visible. In JSON, NaN is
+written as ``null`` so the file stays valid JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maskgen.evaluation.metrics import dice_per_class, hd95_per_class
+from maskgen.io import OutputExistsError, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+METRICS_CSV = "metrics_per_case.csv"
+SUMMARY_JSON = "summary.json"
+DEFAULT_DOMAIN = "all"
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _list_cases(folder: Path, file_ending: str) -> dict[str, Path]:
+    return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir()) if p.is_file() and p.name.endswith(file_ending)}
+
+
+def _labels_from_dataset_json(path: Path) -> dict[str, int]:
+    """Read foreground labels from an nnU-Net ``dataset.json`` (v2 ``name: int`` or v1 ``"int": name``)."""
+    with path.open() as f:
+        labels = json.load(f).get("labels")
+    if not labels:
+        raise ValueError(f"{path}: no 'labels' entry")
+    out: dict[str, int] = {}
+    for k, v in labels.items():
+        if isinstance(v, bool):
+            raise ValueError(f"{path}: label {k!r} has a non-integer value {v!r}")
+        if isinstance(v, int):
+            name, value = str(k), v
+        elif isinstance(v, str) and str(k).lstrip("-").isdigit():
+            name, value = v, int(k)
+        else:
+            raise ValueError(f"{path}: label {k!r}: {v!r} is not supported (region-based labels are not scored here)")
+        if value != 0:
+            out[name] = value
+    return out
+
+
+def read_splits(path: str | Path, file_ending: str = ".nii.gz") -> dict[str, str]:
+    """Map case -> domain from a CSV (``case,split,domain[,subject]``) or JSON (list or case->dict)."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        with path.open() as f:
+            data = json.load(f)
+        if isinstance(data, dict):
+            records = [{"case": k, **v} for k, v in data.items()]
+        elif isinstance(data, list):
+            records = data
+        else:
+            raise ValueError(f"{path}: expected a JSON list of objects or an object case -> {{split, domain}}")
+    else:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: tolerate spreadsheet BOMs
+            reader = csv.DictReader(f)
+            fields = [c.strip() for c in (reader.fieldnames or [])]
+            if "case" not in fields or "domain" not in fields:
+                raise ValueError(f"{path}: splits CSV needs columns case,split,domain[,subject]; found {fields}")
+            records = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    out: dict[str, str] = {}
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or "case" not in rec or "domain" not in rec:
+            raise ValueError(f"{path}: entry {i} lacks 'case' or 'domain': {rec!r}")
+        case = str(rec["case"])
+        if file_ending and case.endswith(file_ending):
+            case = case[: -len(file_ending)]
+        domain = str(rec["domain"]) or DEFAULT_DOMAIN
+        if out.get(case, domain) != domain:
+            raise ValueError(f"{path}: case {case!r} is listed with two domains ({out[case]!r} and {domain!r})")
+        out[case] = domain
+    return out
+
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    if not np.issubdtype(data.dtype, np.integer):
+        data = np.rint(data)
+    return data.astype(np.int64, copy=False), img.affine, tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
+
+
+# ----------------------------------------------------------------------------------------- summary
+def _stats(values: Iterable[float]) -> dict[str, Any]:
+    """Mean, SE (ddof=1 std / sqrt(n)) and n over the finite values; None where undefined."""
+    vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = int(vals.size)
+    mean = float(vals.mean()) if n else None
+    se = float(vals.std(ddof=1) / math.sqrt(n)) if n >= 2 else None
+    return {"mean": mean, "se": se, "n": n}
+
+
+def _group_summary(rows: list[dict], label_names: dict[str, int], with_hd95: bool) -> dict[str, Any]:
+    per_class: dict[str, Any] = {}
+    for name in label_names:
+        entry: dict[str, Any] = {"dice": _stats(r.get(f"dice_{name}", math.nan) for r in rows)}
+        if with_hd95:
+            hd = [r.get(f"hd95_{name}", math.nan) for r in rows]
+            entry["hd95"] = {**_stats(hd), "n_nonfinite": int(sum(1 for v in hd if v is not None and math.isinf(v)))}
+        per_class[name] = entry
+    return {"n": len(rows), "mean_dice": _stats(r["mean_dice"] for r in rows), "per_class": per_class}
+
+
+def summarize(rows: list[dict], label_names: dict[str, int]) -> dict:
+    """Per-domain and overall mean ± SE of each metric; JSON-ready (None instead of NaN).
+
+    Means and SEs use finite values only; ``hd95.n_nonfinite`` counts the ``inf`` values (class
+    present in only one of prediction/reference) that were left out. Background is never scored.
+    """
+    label_names = {str(k): int(v) for k, v in label_names.items() if int(v) != 0}
+    with_hd95 = any(k.startswith("hd95_") for r in rows for k in r)
+    domains: dict[str, list[dict]] = {}
+    for r in rows:
+        domains.setdefault(str(r.get("domain", DEFAULT_DOMAIN)), []).append(r)
+    return {
+        "n_cases": len(rows),
+        "label_names": dict(label_names),
+        "domains": {d: _group_summary(domains[d], label_names, with_hd95) for d in sorted(domains)},
+        "overall": _group_summary(rows, label_names, with_hd95),
+    }
+
+
+def _fmt(stat: dict[str, Any], digits: int = 3) -> str:
+    if stat.get("mean") is None:
+        return "-"
+    s = f"{stat['mean']:.{digits}f}"
+    return s + (f" ± {stat['se']:.{digits}f}" if stat.get("se") is not None else "")
+
+
+def format_table(summary: dict) -> str:
+    """Fixed-width text table: one row per domain plus overall; n, mean Dice ± SE, per-class Dice."""
+    names = list(summary.get("label_names", {}))
+    header = ["domain", "n", "mean Dice ± SE", *names]
+    groups = [*summary["domains"].items(), ("overall", summary["overall"])]
+    body = [
+        [dom, str(g["n"]), _fmt(g["mean_dice"]), *(_fmt({"mean": g["per_class"][n]["dice"]["mean"]}) for n in names)]
+        for dom, g in groups
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    rule = "-" * len(line(header))
+    return "\n".join([line(header), rule, *(line(r) for r in body[:-1]), rule, line(body[-1])])
+
+
+# -------------------------------------------------------------------------------------- evaluation
+def _csv_text(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        # repr() keeps full precision and writes nan/inf, which float() reads back.
+        w.writerow([repr(float(r[c])) if isinstance(r[c], float) else r[c] for c in columns])
+    return buf.getvalue()
+
+
+def _case_metrics(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], labels: list[int], compute_hd95: bool
+) -> tuple[dict[int, float], dict[int, float]]:
+    dice = dice_per_class(pred, ref, labels)
+    hd = hd95_per_class(pred, ref, labels, spacing) if compute_hd95 else {}
+    return dice, hd
+
+
+def _row(
+    case: str, domain: str, dice: dict[int, float], hd: dict[int, float], label_names: dict[str, int], compute_hd95: bool
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"case": case, "domain": domain}
+    for name, v in label_names.items():
+        row[f"dice_{name}"] = dice.get(v, math.nan)
+    if compute_hd95:
+        for name, v in label_names.items():
+            row[f"hd95_{name}"] = hd.get(v, math.nan)
+    vals = [row[f"dice_{n}"] for n in label_names if not math.isnan(row[f"dice_{n}"])]
+    row["mean_dice"] = float(np.mean(vals)) if vals else math.nan
+    return row
+
+
+def case_row(
+    case: str,
+    domain: str,
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: tuple[float, ...],
+    label_names: dict[str, int],
+    compute_hd95: bool = True,
+) -> dict[str, Any]:
+    """One ``metrics_per_case.csv`` row: ``case, domain, dice_<name>..., hd95_<name>..., mean_dice``.
+
+    Shared by :func:`evaluate_folder` and in-memory scoring so both produce identical files.
+    """
+    fg = {str(k): int(v) for k, v in label_names.items() if int(v) != 0}
+    dice, hd = _case_metrics(pred, ref, tuple(spacing), list(fg.values()), compute_hd95)
+    return _row(case, domain, dice, hd, fg, compute_hd95)
+
+
+def _check_fresh(out_dir: Path, overwrite: bool) -> tuple[Path, Path]:
+    csv_path, json_path = out_dir / METRICS_CSV, out_dir / SUMMARY_JSON
+    if not overwrite:
+        for p in (csv_path, json_path):
+            if p.exists():
+                raise OutputExistsError(f"{p} already exists; pass overwrite=True (--overwrite) to replace it")
+    return csv_path, json_path
+
+
+def write_metrics(
+    rows: list[dict],
+    summary: dict,
+    label_names: dict[str, int],
+    out_dir: str | Path,
+    compute_hd95: bool = True,
+    overwrite: bool = False,
+) -> tuple[Path, Path]:
+    """Atomically write ``metrics_per_case.csv`` and ``summary.json``; refuse to replace them unless ``overwrite``."""
+    csv_path, json_path = _check_fresh(Path(out_dir), overwrite)
+    names = [n for n, v in label_names.items() if int(v) != 0]
+    columns = ["case", "domain", *(f"dice_{n}" for n in names)]
+    if compute_hd95:
+        columns += [f"hd95_{n}" for n in names]
+    columns.append("mean_dice")
+    atomic_write_text(csv_path, _csv_text(rows, columns))
+    atomic_write_json(json_path, summary)
+    return csv_path, json_path
+
+
+def evaluate_folder(
+    pred_dir: str | Path,
+    labels_dir: str | Path,
+    out_dir: str | Path | None = None,
+    splits_file: str | Path | None = None,
+    label_names: dict[str, int] | None = None,
+    compute_hd95: bool = True,
+    file_ending: str = ".nii.gz",
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
+    """Score every prediction in ``pred_dir`` against the same-named file in ``labels_dir``.
+
+    Returns the summary (the content of ``summary.json``). Raises ValueError if a prediction has
+    no label (a silently skipped case would bias the means); labels without a prediction only
+    warn, so a subset of a test set can be scored.
+    """
+    from tqdm import tqdm
+
+    pred_dir, labels_dir = Path(pred_dir), Path(labels_dir)
+    out_dir = Path(out_dir) if out_dir is not None else pred_dir
+    for d, what in ((pred_dir, "prediction folder"), (labels_dir, "labels folder")):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: {what} does not exist")
+    _check_fresh(out_dir, overwrite)  # fail before the slow part, not after it
+
+    preds, refs = _list_cases(pred_dir, file_ending), _list_cases(labels_dir, file_ending)
+    if not preds:
+        raise ValueError(f"{pred_dir}: no prediction files ending in {file_ending!r}")
+    missing = sorted(set(preds) - set(refs))
+    if missing:
+        raise ValueError(
+            f"{len(missing)} prediction(s) have no label in {labels_dir}: "
+            + ", ".join(preds[c].name for c in missing)
+        )
+    unpredicted = sorted(set(refs) - set(preds))
+    if unpredicted:
+        msg = f"{len(unpredicted)} label(s) in {labels_dir} have no prediction and are not scored: " + ", ".join(
+            refs[c].name for c in unpredicted
+        )
+        warnings.warn(msg, stacklevel=2)
+
+    domains = read_splits(splits_file, file_ending) if splits_file is not None else {}
+    if label_names is None and (labels_dir.parent / "dataset.json").is_file():
+        label_names = _labels_from_dataset_json(labels_dir.parent / "dataset.json")
+    if label_names is not None:
+        label_names = {str(k): int(v) for k, v in label_names.items() if int(v) != 0}
+
+    per_case: list[tuple[str, dict[int, float], dict[int, float]]] = []
+    seen: set[int] = set()
+    for case in tqdm(sorted(preds), desc="evaluate", disable=not progress):
+        pred, pred_affine, _ = _load(preds[case])
+        ref, ref_affine, spacing = _load(refs[case])
+        if pred.shape != ref.shape:
+            raise ValueError(
+                f"{preds[case].name}: prediction shape {pred.shape} differs from label shape {ref.shape}"
+            )
+        if not np.allclose(pred_affine, ref_affine, rtol=1e-4, atol=1e-3):
+            msg = f"{preds[case].name}: prediction affine differs from label affine; scoring in label voxel spacing"
+            warnings.warn(msg, stacklevel=2)
+        if label_names is not None:
+            labels = list(label_names.values())
+        else:
+            # A label absent from both maps scores NaN either way, so only the values present
+            # in this case need computing; the union over cases is taken afterwards.
+            labels = [int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v != 0]
+            seen.update(labels)
+        per_case.append((case, *_case_metrics(pred, ref, spacing, labels, compute_hd95)))
+
+    if label_names is None:
+        label_names = {f"label_{v}": v for v in sorted(seen)}
+
+    rows = [
+        _row(case, domains.get(case, DEFAULT_DOMAIN), dice, hd, label_names, compute_hd95) for case, dice, hd in per_case
+    ]
+    summary = summarize(rows, label_names)
+    csv_path, json_path = write_metrics(rows, summary, label_names, out_dir, compute_hd95, overwrite)
+    log.info("wrote %s and %s\n%s", csv_path, json_path, format_table(summary))
+    return summary

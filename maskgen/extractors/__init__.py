@@ -1,0 +1,11 @@
+"""Frozen, domain-stable feature extractors behind one interface (see ``base``)."""
+
+from maskgen.extractors import mind  # noqa: F401  (registers "mind")
+from maskgen.extractors.base import EXTRACTORS, StableExtractor, build_extractor, register_extractor
+
+try:  # anatomix registers itself on import
+    from maskgen.extractors import anatomix  # noqa: F401
+except ImportError:  # pragma: no cover - module being added
+    pass
+
+__all__ = ["EXTRACTORS", "StableExtractor", "build_extractor", "register_extractor"]

@@ -1,0 +1,74 @@
+"""MIND-SSC (Heinrich et al., 2013): a weight-free, modality-independent neighbourhood descriptor.
+
+Each of its 12 channels compares two patches of the self-similarity context around a voxel, normalised
+by a local variance estimate, so it describes local structure and not absolute intensity: contrast
+inversions (T1 vs T2) and monotone intensity changes leave it nearly unchanged. anatomix's authors pair
+it with anatomix features for registration; here it lets MaskGen run fully offline.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from maskgen.extractors.base import StableExtractor, register_extractor
+
+
+def _pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 12 pairs of six-neighbourhood offsets at squared distance 2 (the SSC pattern)."""
+    six = torch.tensor([[0, 1, 1], [1, 1, 0], [1, 0, 1], [1, 1, 2], [2, 1, 1], [1, 2, 1]], dtype=torch.long)
+    dist = ((six[:, None, :] - six[None, :, :]) ** 2).sum(-1)
+    xi, yi = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
+    keep = (xi > yi).reshape(-1) & (dist == 2).reshape(-1)
+    shift1 = six.unsqueeze(1).repeat(1, 6, 1).reshape(-1, 3)[keep]
+    shift2 = six.unsqueeze(0).repeat(6, 1, 1).reshape(-1, 3)[keep]
+    return shift1, shift2
+
+
+def _box3d(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable (2r+1)^3 mean filter with replicate borders."""
+    k = 2 * radius + 1
+    for axis in range(3):
+        pad = [0] * 6
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        ks = [1, 1, 1]
+        ks[axis] = k
+        x = F.avg_pool3d(F.pad(x, pad, mode="replicate"), tuple(ks), stride=1)
+    return x
+
+
+def mind_ssc(img: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.Tensor:
+    """12-channel MIND-SSC of ``img`` (B, 1, D, H, W); same spatial size out."""
+    shift1, shift2 = _pairs()
+    d = dilation
+    padded = F.pad(img, [d] * 6, mode="replicate")
+    size = img.shape[2:]
+
+    def view(s: torch.Tensor) -> torch.Tensor:
+        o = [int(v) * d for v in s]
+        return padded[:, :, o[0] : o[0] + size[0], o[1] : o[1] + size[1], o[2] : o[2] + size[2]]
+
+    diff = torch.cat([view(a) - view(b) for a, b in zip(shift1, shift2)], dim=1)
+    ssd = _box3d(diff**2, radius)
+    mind = ssd - ssd.min(dim=1, keepdim=True).values
+    var = mind.mean(dim=1, keepdim=True)
+    mean_var = var.mean(dim=(1, 2, 3, 4), keepdim=True)
+    var = torch.maximum(torch.minimum(var, mean_var * 1000), mean_var * 0.001)
+    mind = torch.exp(-mind / (var + 1e-12))
+    order = torch.tensor([6, 8, 1, 11, 2, 10, 0, 7, 9, 4, 5, 3], device=img.device)  # reference C++ channel order
+    return mind[:, order]
+
+
+@register_extractor("mind")
+class MindSSCExtractor(StableExtractor):
+    """Weight-free, 12 channels, any input size."""
+
+    out_channels = 12
+
+    def __init__(self, radius: int = 2, dilation: int = 2):
+        super().__init__()
+        self.radius = radius
+        self.dilation = dilation
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        return mind_ssc(x[:, :1], self.radius, self.dilation)

@@ -1,0 +1,77 @@
+"""Sliding-window inference over whole volumes (MONAI), with stable features computed per window.
+
+Features are computed on each window, as in training where g is applied to the augmented patch, so
+the network never sees features of a different field of view than it was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import torch
+from monai.inferers import sliding_window_inference
+
+from maskgen.extractors.base import StableExtractor
+from maskgen.methods.base import Method
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def make_predictor(method: Method, extractor: StableExtractor | None, feature_mask: str | None = None):
+    """A function window -> logits. ``feature_mask`` ('image' or 'features') zeroes one source (Fig. 4)."""
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        feats = extractor(x) if (method.uses_features and extractor is not None) else None
+        if feature_mask == "image":
+            x = torch.zeros_like(x)
+        elif feature_mask == "features" and feats is not None:
+            feats = torch.zeros_like(feats)
+        return method(x, feats).float()
+
+    return predict
+
+
+@torch.no_grad()
+def sliding_window_probs(
+    method: Method,
+    extractor: StableExtractor | None,
+    image: torch.Tensor,
+    roi_size: Sequence[int],
+    overlap: float = 0.5,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    sw_batch_size: int = 2,
+    feature_mask: str | None = None,
+) -> torch.Tensor:
+    """Softmax probabilities (C, D, H, W) for one preprocessed image (1, D, H, W), Gaussian-blended."""
+    device = torch.device(device)
+    was_training = method.training
+    method.eval()
+    x = torch.as_tensor(image).float().unsqueeze(0).to(device)
+    try:
+        with autocast(device, amp):
+            logits = sliding_window_inference(
+                x,
+                roi_size=tuple(int(r) for r in roi_size),
+                sw_batch_size=sw_batch_size,
+                predictor=make_predictor(method, extractor, feature_mask),
+                overlap=overlap,
+                mode="gaussian",
+            )
+    finally:
+        method.train(was_training)
+    return torch.softmax(torch.as_tensor(logits).float(), dim=1)[0].cpu()

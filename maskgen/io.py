@@ -1,0 +1,70 @@
+"""Atomic file writes and overwrite guards: nothing already written is ever half-replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: str | Path, writer: Callable[[Path], None], suffix: str | None = None) -> Path:
+    """Call ``writer(tmp_path)`` then rename the temporary file onto ``path``.
+
+    The temporary file lives in the same folder so the rename is atomic; the suffix is kept
+    (``.nii.gz``, ``.png``) because several writers infer the format from it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        writer(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    import torch
+
+    return atomic_write(path, lambda p: torch.save(obj, p), suffix=".pt.tmp")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class OutputExistsError(FileExistsError):
+    """Raised instead of silently overwriting results."""
+
+
+def ensure_fresh_dir(path: str | Path, overwrite: bool, what: str = "output folder") -> Path:
+    """Create ``path``; refuse if it already holds files unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"{path}: {what} already exists and is not empty; pass --overwrite to replace its contents "
+            "or choose another folder"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,117 @@
+"""The training-method interface, DomainBed style: a method owns its network and turns a batch into a loss.
+
+The trainer only calls ``training_loss`` and, at inference, ``forward(image, features)``; everything
+method-specific (what the network reads, masking, mixing, extra passes) lives in the method's module.
+A method declares its hyper-parameters in ``HPARAMS`` so the CLI can expose them as flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskgen.models import UNet
+
+
+@dataclass(frozen=True)
+class HParam:
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    def deco(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_method(name: str, **kwargs) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name](**kwargs)
+
+
+def method_hparams(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The method's hyper-parameters: declared defaults updated by ``overrides`` (unknown keys ignored)."""
+    cls = METHODS[name]
+    hp = {k: v.default for k, v in cls.HPARAMS.items()}
+    for k, v in (overrides or {}).items():
+        if k in hp and v is not None:
+            hp[k] = v
+    return hp
+
+
+class Method(nn.Module):
+    """Base: a UNet on the image alone (ERM behaviour). Subclasses override what they change."""
+
+    name = "base"
+    #: does the method read the stable extractor's features?
+    uses_features: bool = False
+    HPARAMS: dict[str, HParam] = {}
+
+    def __init__(
+        self,
+        image_channels: int,
+        feature_channels: int,
+        n_classes: int,
+        network: dict[str, Any] | None = None,
+        hparams: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.image_channels = image_channels
+        self.feature_channels = feature_channels if self.uses_features else 0
+        self.n_classes = n_classes
+        self.network_kwargs = dict(network or {})
+        self.hparams = method_hparams(self.name, hparams)
+        self.network = self.build_network()
+
+    @property
+    def in_channels(self) -> int:
+        return self.image_channels + self.feature_channels
+
+    def build_network(self) -> nn.Module:
+        return UNet(self.in_channels, self.n_classes, **self.network_kwargs)
+
+    @property
+    def size_multiple(self) -> int:
+        return getattr(self.network, "size_multiple", 1)
+
+    def compose(self, image: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        """The network input at inference."""
+        if not self.uses_features:
+            return image
+        if features is None:
+            raise ValueError(f"method {self.name!r} needs stable features")
+        return torch.cat([image, features], dim=1)
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.network(self.compose(image, features))
+
+    def training_loss(
+        self,
+        image: torch.Tensor,
+        features: torch.Tensor | None,
+        target: torch.Tensor,
+        criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss for one batch; ``target`` holds integer labels of shape (B, 1, D, H, W)."""
+        logits = self.network(self.compose(image, features))
+        loss = criterion(logits, target)
+        return loss, {}

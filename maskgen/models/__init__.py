@@ -1,0 +1,3 @@
+from maskgen.models.unet import UNet
+
+__all__ = ["UNet"]

@@ -1,0 +1,321 @@
+"""The training loop: method-agnostic, resumable, validating by sliding window and keeping the best.
+
+The trainer knows nothing of any method: it samples augmented patches, asks the frozen extractor for
+features when the method reads them, and asks the method for a loss.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from maskgen.data.augment import build_augmentation
+from maskgen.data.nnunet import DatasetSpec, load_dataset
+from maskgen.data.preprocess import load_case, median_spacing
+from maskgen.data.sampling import PatchSampler, round_up
+from maskgen.evaluation.metrics import dice_per_class
+from maskgen.extractors import build_extractor
+from maskgen.extractors.base import StableExtractor
+from maskgen.inference.sliding import autocast, resolve_device, sliding_window_probs
+from maskgen.io import OutputExistsError, atomic_torch_save, atomic_write_text
+from maskgen.methods import METHODS, build_method
+from maskgen.methods.base import Method
+from maskgen.training.config import TrainConfig
+
+CHECKPOINT_FORMAT = "maskgen-checkpoint-v1"
+LOG_FIELDS = ["step", "loss", "lr", "val_dice", "seconds"]
+PAPER_CROP = 128
+
+log = logging.getLogger("maskgen")
+
+
+def build_extractor_from_config(cfg: TrainConfig) -> StableExtractor | None:
+    if not METHODS[cfg.method].uses_features:
+        return None
+    kwargs: dict[str, Any] = {}
+    if cfg.extractor_weights is not None:
+        kwargs["weights"] = cfg.extractor_weights
+    if cfg.extractor_layer is not None:
+        kwargs["layer"] = cfg.extractor_layer
+    return build_extractor(cfg.extractor, **kwargs)
+
+
+def build_method_from_config(cfg: TrainConfig) -> Method:
+    return build_method(
+        cfg.method,
+        image_channels=1,
+        feature_channels=cfg.feature_channels or 0,
+        n_classes=cfg.n_classes,
+        network=cfg.network_kwargs(),
+        hparams=cfg.hparams,
+    )
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a maskgen checkpoint safely (``weights_only=True``: no code runs from the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report any unpickling failure with the file name
+        raise ValueError(f"{path}: not a loadable maskgen checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a maskgen checkpoint (missing format tag {CHECKPOINT_FORMAT!r})")
+    return ckpt
+
+
+def cosine_factor(step: int, total: int) -> float:
+    """Per-step cosine decay from 1 to 0 over the whole run."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True):
+        self.run_dir = Path(cfg.out)
+        self.progress = progress
+        self.resume = resume
+        cfg_path = self.run_dir / "config.yaml"
+        latest = self.run_dir / "checkpoint_latest.pt"
+        if resume:
+            if not latest.is_file():
+                raise FileNotFoundError(f"{latest}: nothing to resume (no latest checkpoint in the run folder)")
+            saved = TrainConfig.load(cfg_path)
+            if cfg.steps != saved.steps:
+                log.info("resume: total steps changed from %d to %d", saved.steps, cfg.steps)
+                saved.steps = cfg.steps
+            saved.device = cfg.device
+            saved.num_workers = cfg.num_workers
+            cfg = saved
+        elif self.run_dir.exists() and any(self.run_dir.iterdir()) and not overwrite:
+            raise OutputExistsError(
+                f"{self.run_dir}: run folder already exists and is not empty; use --resume to continue it, "
+                "--overwrite to start again, or choose another --out"
+            )
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % (2**32))
+        self.spec: DatasetSpec = load_dataset(
+            cfg.dataset, splits_file=cfg.splits, train_subjects=cfg.train_subjects, seed=cfg.seed, progress=self.progress
+        )
+        train_cases, val_cases = self.spec.split("train"), self.spec.split("val")
+        if not train_cases:
+            raise ValueError(f"{cfg.dataset}: no training cases")
+        # the run folder is created only once the dataset has passed its checks
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _attach_file_log(self.run_dir / "train.log")
+        cfg.modality = self.spec.modality
+        cfg.n_classes = self.spec.n_classes
+        cfg.label_names = dict(self.spec.labels)
+        if cfg.spacing is None:
+            cfg.spacing = list(median_spacing([c.image for c in train_cases]))
+        self.extractor = build_extractor_from_config(cfg)
+        cfg.feature_channels = self.extractor.out_channels if self.extractor is not None else 0
+        if self.extractor is not None:
+            self.extractor.to(self.device)
+        self.train_vols = [
+            load_case(c.image, c.label, cfg.spacing, cfg.modality)
+            for c in tqdm(train_cases, desc="load train", disable=not self.progress, leave=False)
+        ]
+        self.val_cases = val_cases
+        self.val_vols = [
+            load_case(c.image, c.label, cfg.spacing, cfg.modality)
+            for c in tqdm(val_cases, desc="load val", disable=not self.progress, leave=False)
+        ]
+        self.method = build_method_from_config(cfg).to(self.device)
+        cfg.patch_size = self._resolve_patch(cfg.patch_size)
+        cfg.save(self.run_dir / "config.yaml")
+        self.criterion = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+        self.optimizer = torch.optim.AdamW(self.method.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cosine_factor(s, cfg.steps))
+        self.step = 0
+        self.best_dice = -1.0
+        self.best_step = -1
+
+    def _resolve_patch(self, patch: list[int] | None) -> list[int]:
+        m = self.method.size_multiple
+        if patch is None:
+            shapes = np.array([v["image"].shape[1:] for v in self.train_vols])
+            med = np.median(shapes, axis=0)
+            patch = [min(PAPER_CROP, round_up(int(s), m)) for s in med]
+        patch = [int(p) for p in patch]
+        if len(patch) != 3:
+            raise ValueError(f"patch size needs 3 values, got {patch}")
+        bad = [p for p in patch if p % m or p < 2 * m]
+        if bad:
+            raise ValueError(
+                f"patch size {patch}: each side must be a multiple of {m} and at least {2 * m} for a UNet with "
+                f"{self.cfg.n_poolings} poolings; lower --n-poolings or change --patch-size"
+            )
+        return patch
+
+    # ------------------------------------------------------------- checkpoints
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best_dice": self.best_dice,
+            "best_step": self.best_step,
+            "config": self.cfg.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.run_dir / "checkpoint_latest.pt", map_location=self.device)
+        self.method.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step = int(ckpt["step"])
+        self.best_dice = float(ckpt["best_dice"])
+        self.best_step = int(ckpt["best_step"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        self._truncate_log(self.step)
+        log.info("resumed from step %d (best val Dice %.4f at step %d)", self.step, self.best_dice, self.best_step)
+
+    def _truncate_log(self, step: int) -> None:
+        path = self.run_dir / "log.csv"
+        if not path.exists():
+            return
+        with path.open() as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        lines = [",".join(LOG_FIELDS)] + [",".join(r.get(k, "") for k in LOG_FIELDS) for r in rows]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+
+    # -------------------------------------------------------------- validation
+    def validate(self) -> float:
+        """Mean foreground Dice over validation volumes (sliding window, overlap ``val_overlap``)."""
+        if not self.val_vols:
+            return float("nan")
+        labels = list(range(1, self.cfg.n_classes))
+        scores = []
+        for vol in self.val_vols:
+            probs = sliding_window_probs(
+                self.method, self.extractor, vol["image"], self.cfg.patch_size, self.cfg.val_overlap, self.device, self.cfg.amp
+            )
+            pred = probs.argmax(0).numpy()
+            d = dice_per_class(pred, vol["label"][0].numpy(), labels)
+            vals = [v for v in d.values() if not math.isnan(v)]
+            scores.append(float(np.mean(vals)) if vals else float("nan"))
+        return float(np.nanmean(scores))
+
+    # ------------------------------------------------------------------- train
+    def run(self) -> dict[str, Any]:
+        self._setup()
+        cfg = self.cfg
+        if self.resume:
+            self._restore()
+        log.info(
+            "method=%s hparams=%s extractor=%s patch=%s spacing=%s steps=%d device=%s",
+            cfg.method, self.method.hparams, cfg.extractor if self.extractor else "none", cfg.patch_size,
+            cfg.spacing, cfg.steps, self.device,
+        )
+        sampler = PatchSampler(
+            self.train_vols,
+            cfg.patch_size,
+            build_augmentation(cfg.aug_prob, flips=cfg.flips),
+            fg_fraction=cfg.fg_fraction,
+            seed=cfg.seed + self.step,
+        )
+        loader = DataLoader(
+            sampler,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_single_thread_worker,
+        )
+        log_path = self.run_dir / "log.csv"
+        new_log = not log_path.exists()
+        logf = log_path.open("a", newline="")
+        writer = csv.writer(logf)
+        if new_log:
+            writer.writerow(LOG_FIELDS)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", disable=not self.progress)
+        self.method.train()
+        it = iter(loader)
+        last_val = float("nan")
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                batch = next(it)
+                image = batch["image"].to(self.device, non_blocking=True)
+                target = batch["label"].to(self.device, non_blocking=True).long()
+                feats = self.extractor(image) if self.extractor is not None else None
+                with autocast(self.device, cfg.amp):
+                    loss, _ = self.method.training_loss(image, feats, target, self.criterion)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                loss_v = float(loss.detach())
+                if not math.isfinite(loss_v):
+                    raise FloatingPointError(f"loss became {loss_v} at step {self.step}; lower --lr or check the data")
+                val = ""
+                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                    last_val = self.validate()
+                    val = f"{last_val:.5f}"
+                    improved = not math.isnan(last_val) and last_val > self.best_dice
+                    if improved or not self.val_vols:
+                        self.best_dice, self.best_step = (last_val if improved else self.best_dice), self.step
+                    ckpt = self._checkpoint()
+                    if improved or not self.val_vols:
+                        atomic_torch_save(ckpt, self.run_dir / "checkpoint_best.pt")
+                    atomic_torch_save(ckpt, self.run_dir / "checkpoint_latest.pt")
+                    log.info("step %d loss %.4f val Dice %.4f (best %.4f @ %d)", self.step, loss_v, last_val,
+                             self.best_dice, self.best_step)
+                writer.writerow([self.step, f"{loss_v:.6f}", f"{self.scheduler.get_last_lr()[0]:.3e}", val,
+                                 f"{time.perf_counter() - t0:.4f}"])
+                logf.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_v:.3f}", val=f"{last_val:.3f}", best=f"{self.best_dice:.3f}")
+        finally:
+            bar.close()
+            logf.close()
+        self._plot()
+        result = {"best_val_dice": self.best_dice, "best_step": self.best_step, "steps": self.step,
+                  "run_dir": str(self.run_dir)}
+        return result
+
+    def _plot(self) -> None:
+        try:
+            from maskgen.evaluation.plots import plot_training_curves
+
+            plot_training_curves(self.run_dir / "log.csv", self.run_dir / "training_curves.png",
+                                 title=f"{self.cfg.method} on {Path(self.cfg.dataset).name}")
+        except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
+            log.warning("could not plot training curves: %s", e)
+
+
+def _single_thread_worker(_: int) -> None:
+    # augmentation workers must not compete with the training step for every core
+    torch.set_num_threads(1)
+
+
+def _attach_file_log(path: Path) -> None:
+    for h in list(log.handlers):
+        if isinstance(h, logging.FileHandler):
+            log.removeHandler(h)
+            h.close()
+    h = logging.FileHandler(path)
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(h)
+    log.setLevel(logging.INFO)
