@@ -207,13 +207,13 @@ class _Layout:
         self.L = L
         self.S = scale * L  # object size unit; shrunk on retries so crowded (small) volumes still fit
         self.body_c = rng.normal(0.0, 0.02 * L, 3)
-        self.body_a = half * rng.uniform(0.76, 0.86, 3)
+        self.body_a = half * rng.uniform(0.86, 0.93, 3)
         self.body_r = _small_rotation(rng, 0.25)
-        self.t_fat = max(0.06 * L, 1.0 * vox)
-        self.t_csf = max(0.03 * L, 0.5 * vox)
+        self.t_fat = max(0.045 * L, 1.0 * vox)
+        self.t_csf = max(0.02 * L, 0.5 * vox)
         # Rims vary by +-30 % (see _rasterise); objects must clear the thickest rim.
         self.rim = 1.3 * (self.t_fat + self.t_csf)
-        self.gap = max(0.02 * L, 1.0 * vox)
+        self.gap = max(0.01 * L, 1.0 * vox)
         self.placed: list[tuple[np.ndarray, float]] = []
 
     def body_radius(self, p: np.ndarray) -> np.ndarray:
@@ -252,30 +252,30 @@ class _Layout:
 
     def organ(self) -> _Ellipsoids:
         n = int(self.rng.integers(2, 4))
-        axes = self.S * self.rng.uniform([0.19, 0.13, 0.11], [0.25, 0.17, 0.14], (n, 3))
+        axes = self.S * self.rng.uniform([0.3, 0.22, 0.19], [0.36, 0.27, 0.23], (n, 3))
         axes = np.maximum(axes, 2.5 * self.vox)
         dirs = self.rng.standard_normal((n, 3))
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        offsets = dirs * self.S * self.rng.uniform(0.09, 0.14, (n, 1))
-        c = self.random_interior_point(0.3 * self.S)
+        offsets = dirs * self.S * self.rng.uniform(0.08, 0.12, (n, 1))
+        c = self.random_interior_point(0.45 * self.S)
         return _Ellipsoids(c + offsets, axes, np.stack([_random_rotation(self.rng) for _ in range(n)]))
 
     def ellipsoid(self) -> _Ellipsoids:
-        axes = self.S * self.rng.uniform([0.13, 0.09, 0.07], [0.17, 0.12, 0.09])
+        axes = self.S * self.rng.uniform([0.2, 0.15, 0.13], [0.25, 0.19, 0.16])
         axes = np.maximum(axes, 2.0 * self.vox)
         c = self.random_interior_point(axes.max())
         return _Ellipsoids(c[None], axes[None], _random_rotation(self.rng)[None])
 
     def nodule(self) -> _Ellipsoids:
-        rho = max(self.S * self.rng.uniform(0.05, 0.065), 2.2 * self.vox)
+        rho = max(self.S * self.rng.uniform(0.085, 0.1), 2.2 * self.vox)
         axes = rho * self.rng.uniform(0.88, 1.12, 3)
         c = self.random_interior_point(axes.max())
         return _Ellipsoids(c[None], axes[None], _random_rotation(self.rng)[None])
 
     def vessel(self) -> _Tube:
         """Smooth random curve: a chord bent by two random sinusoids perpendicular to it."""
-        radius = max(self.S * self.rng.uniform(0.022, 0.03), 1.2 * self.vox)
-        length = self.S * self.rng.uniform(0.7, 1.0)
+        radius = max(self.S * self.rng.uniform(0.05, 0.06), 1.2 * self.vox)
+        length = self.S * self.rng.uniform(0.45, 0.6)
         u = self.rng.standard_normal(3)
         u /= np.linalg.norm(u)
         v1 = np.cross(u, self.rng.standard_normal(3))
