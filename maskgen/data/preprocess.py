@@ -37,7 +37,7 @@ def preprocess_transform(spacing: Sequence[float] | None, modality: str, with_la
     ts = [
         LoadImaged(keys, image_only=True),
         EnsureChannelFirstd(keys),
-        Orientationd(keys, axcodes="RAS"),
+        Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
     ]
     if spacing is not None:
         ts.append(Spacingd(keys, pixdim=tuple(float(s) for s in spacing), mode=modes))

@@ -1,0 +1,50 @@
+"""The demo end to end on a tiny budget: files written, rerun resumes without retraining, no silent overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maskgen.demo import DemoSettings, run_demo
+from maskgen.io import OutputExistsError
+
+
+def _tiny(**kw):
+    base = dict(shape=(32, 32, 32), spacing=(4.0, 4.0, 4.0), n_train=2, n_val=1, n_test=1, steps=3, val_every=3,
+                batch_size=1, patch_size=(32, 32, 32), base_width=2, n_poolings=2, num_workers=0)
+    base.update(kw)
+    return DemoSettings(**base)
+
+
+def test_demo_writes_results_and_figures_then_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    results = run_demo(out, settings=_tiny(), device="cpu", progress=False)
+    assert set(results) == {"erm", "maskgen"}
+    for m in results.values():
+        assert {"T1w", "T2w", "PDw", "FLAIR", "CT", "in-domain (all)", "unseen (all)"} <= set(m)
+        assert all(0.0 <= v["mean"] <= 1.0 for v in m.values())
+    for name in ("results.csv", "results.json", "results.txt", "dice_by_domain.png", "demo.json"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("overlay_*.png"))
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("method,seed,case,domain")
+    assert len(rows) == 1 + 2 * 5  # two arms x one test subject x five domains
+    table = capsys.readouterr().out
+    assert "unseen (all)" in table and "T1w *" in table
+
+    ckpt = out / "runs" / "maskgen_seed0" / "checkpoint_best.pt"
+    mtime = ckpt.stat().st_mtime_ns
+    run_demo(out, settings=_tiny(), device="cpu", progress=False)  # finished runs are not retrained
+    assert ckpt.stat().st_mtime_ns == mtime
+    assert json.loads((out / "results.json").read_text()).keys() == results.keys()
+
+    with pytest.raises(OutputExistsError, match="other settings"):
+        run_demo(out, settings=_tiny(steps=5), device="cpu", progress=False)
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("precious")
+    with pytest.raises(OutputExistsError, match="not a maskgen demo folder"):
+        run_demo(tmp_path, settings=_tiny(), device="cpu", progress=False)
+    assert (tmp_path / "mine.txt").read_text() == "precious"
