@@ -8,32 +8,18 @@ eval mode, and run under ``torch.no_grad``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-EXTRACTORS: dict[str, type[StableExtractor]] = {}
+from maskgen.registry import Registry
 
-
-def register_extractor(name: str) -> Callable[[type[StableExtractor]], type[StableExtractor]]:
-    def deco(cls: type[StableExtractor]) -> type[StableExtractor]:
-        if name in EXTRACTORS:
-            raise ValueError(f"extractor {name!r} registered twice")
-        cls.name = name
-        EXTRACTORS[name] = cls
-        return cls
-
-    return deco
+EXTRACTORS: Registry = Registry("extractor")
+register_extractor = EXTRACTORS.register
 
 
 def build_extractor(name: str, **kwargs) -> StableExtractor:
-    if name not in EXTRACTORS:
-        raise ValueError(f"unknown extractor {name!r}; choose one of {sorted(EXTRACTORS)}")
-    ext = EXTRACTORS[name](**kwargs)
-    ext.freeze()
-    return ext
+    return EXTRACTORS.lookup(name)(**kwargs).freeze()
 
 
 class StableExtractor(nn.Module):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from maskgen.models import UNet
+from maskgen.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -28,29 +29,17 @@ class HParam:
         return type(self.default)
 
 
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    def deco(cls: type[Method]) -> type[Method]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-
-    return deco
+METHODS: Registry = Registry("method")
+register_method = METHODS.register
 
 
 def build_method(name: str, **kwargs) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name](**kwargs)
+    return METHODS.lookup(name)(**kwargs)
 
 
 def method_hparams(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The method's hyper-parameters: declared defaults updated by ``overrides`` (unknown keys ignored)."""
-    cls = METHODS[name]
+    cls = METHODS.lookup(name)
     hp = {k: v.default for k, v in cls.HPARAMS.items()}
     for k, v in (overrides or {}).items():
         if k in hp and v is not None:
