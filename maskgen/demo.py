@@ -46,8 +46,8 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-QUICK = DemoSettings(shape=(32, 32, 32), spacing=(4.0, 4.0, 4.0), n_train=3, n_val=1, n_test=1, steps=20,
-                     val_every=10, patch_size=(32, 32, 32), base_width=4, n_poolings=2, num_workers=0)
+QUICK = DemoSettings(shape=(32, 32, 32), spacing=(4.0, 4.0, 4.0), n_train=4, n_val=1, n_test=1, steps=150,
+                     val_every=50, patch_size=(32, 32, 32), base_width=4, n_poolings=2, num_workers=0)
 
 
 def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, device: str = "auto",

@@ -1,8 +1,9 @@
 """Random training patches from volumes held in memory, augmented on the fly.
 
-The crop centre is a random foreground voxel with probability ``fg_fraction`` (nnU-Net oversamples
-foreground this way so small structures are seen) and uniform otherwise; volumes smaller than the patch
-are padded, as the paper's "pad to crop size" does.
+The crop centre is, with probability ``fg_fraction``, a random voxel of a foreground class drawn uniformly
+among the classes present (nnU-Net's class-balanced oversampling, so small structures are seen as often as
+large ones), and uniform otherwise; volumes smaller than the patch are padded, as the paper's "pad to
+crop size" does.
 """
 
 from __future__ import annotations
@@ -35,20 +36,26 @@ class PatchSampler(IterableDataset):
         self.fg_fraction = fg_fraction
         self.seed = seed
         rng = np.random.default_rng(seed)
-        self.fg_points = []
+        self.fg_points: list[list[np.ndarray]] = []  # per volume, per present foreground class
         for lab in self.labels:
-            pts = torch.nonzero(lab[0] > 0).numpy()
-            if len(pts) > max_fg_points:
-                pts = pts[rng.choice(len(pts), max_fg_points, replace=False)]
-            self.fg_points.append(pts)
+            per_class = []
+            for c in torch.unique(lab).tolist():
+                if c == 0:
+                    continue
+                pts = torch.nonzero(lab[0] == c).numpy()
+                if len(pts) > max_fg_points:
+                    pts = pts[rng.choice(len(pts), max_fg_points, replace=False)]
+                per_class.append(pts)
+            self.fg_points.append(per_class)
         self.pad = SpatialPad(self.patch)
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         i = int(rng.integers(len(self.images)))
         img, lab = self.pad(self.images[i]), self.pad(self.labels[i])
         shape = img.shape[1:]
-        pts = self.fg_points[i]
-        if len(pts) and rng.random() < self.fg_fraction:
+        classes = self.fg_points[i]
+        if classes and rng.random() < self.fg_fraction:
+            pts = classes[rng.integers(len(classes))]
             c = pts[rng.integers(len(pts))]
             # account for symmetric padding added by SpatialPad
             c = [int(c[a]) + (shape[a] - self.labels[i].shape[1 + a]) // 2 for a in range(3)]

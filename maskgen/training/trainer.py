@@ -140,7 +140,8 @@ class Trainer:
         self.method = build_method_from_config(cfg).to(self.device)
         cfg.patch_size = self._resolve_patch(cfg.patch_size)
         cfg.save(self.run_dir / "config.yaml")
-        self.criterion = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+        # batch Dice (nnU-Net's choice): a class absent from one patch does not push its probability to 0
+        self.criterion = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
         self.optimizer = torch.optim.AdamW(self.method.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cosine_factor(s, cfg.steps))
         self.step = 0
