@@ -120,6 +120,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from maskgen.analysis.stability import add_analyze_parser
+
     p = argparse.ArgumentParser(prog="maskgen", description=__doc__)
     p.add_argument("--version", action="version", version=f"maskgen {__version__}")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--device", default="auto")
     de.add_argument("--overwrite", action="store_true")
     de.set_defaults(func=cmd_demo)
+    add_analyze_parser(sub)
     return p
 
 

@@ -30,12 +30,12 @@ class DemoSettings:
     n_train: int = 8
     n_val: int = 2
     n_test: int = 4
-    steps: int = 700
+    steps: int = 800
     val_every: int = 100
-    lr: float = 5e-3
-    batch_size: int = 2
-    patch_size: tuple[int, int, int] = (48, 48, 48)
-    base_width: int = 8
+    lr: float = 3e-3
+    batch_size: int = 4
+    patch_size: tuple[int, int, int] = (32, 32, 32)
+    base_width: int = 16
     n_poolings: int = 3
     #: arm name -> (method, hyper-parameters); every arm gets the same seeds, data and budget
     arms: dict[str, tuple[str, dict[str, Any]]] = field(
