@@ -1,21 +1,31 @@
-"""The demo's benchmark with a third arm: MaskGen with plain zero masking (no 1/(1-p) rescale).
+"""The demo's benchmark with optional extra arms and a longer budget.
 
-Same phantom, seeds and budget as `maskgen demo`; the first two arms are exactly the demo's runs.
+Same phantom, seeds and settings as `maskgen demo` unless changed here; with the defaults the `erm` and
+`maskgen` arms are exactly the demo's runs.
 
-    .venv/bin/python experiments/masking_variants.py OUT_DIR [--seeds 0 1 2]
+    .venv/bin/python experiments/masking_variants.py OUT_DIR [--seeds 0 1 2] [--steps 2400] [--arms erm maskgen maskgen_zero]
 """
 
 import argparse
 
 from maskgen.demo import FULL, run_demo
 
-ap = argparse.ArgumentParser()
-ap.add_argument("out")
-ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-args = ap.parse_args()
-FULL.arms = {
+ARMS = {
     "erm": ("erm", {}),
     "maskgen": ("maskgen", {"mask_rate": 0.5}),
     "maskgen_zero": ("maskgen", {"mask_rate": 0.5, "mask_mode": "zero"}),
+    "concat": ("concat", {}),
+    "reps_only": ("reps_only", {}),
 }
+
+ap = argparse.ArgumentParser()
+ap.add_argument("out")
+ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+ap.add_argument("--steps", type=int, default=FULL.steps)
+ap.add_argument("--val-every", type=int, default=FULL.val_every)
+ap.add_argument("--arms", nargs="+", default=["erm", "maskgen", "maskgen_zero"], choices=sorted(ARMS))
+args = ap.parse_args()
+FULL.arms = {a: ARMS[a] for a in args.arms}
+FULL.steps = args.steps
+FULL.val_every = args.val_every
 run_demo(args.out, seeds=args.seeds)
