@@ -65,12 +65,13 @@ def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, devi
     out = Path(out)
     marker = out / "demo.json"
     if out.exists() and any(out.iterdir()):
+        if not marker.exists():
+            # never delete a folder we did not create, even with --overwrite
+            raise OutputExistsError(f"{out}: folder exists and is not a maskgen demo folder; choose another --out")
         if overwrite:
             import shutil
 
             shutil.rmtree(out)
-        elif not marker.exists():
-            raise OutputExistsError(f"{out}: folder exists and is not a maskgen demo folder; choose another --out")
         elif json.loads(marker.read_text()).get("settings") != _jsonable(s):
             raise OutputExistsError(
                 f"{out}: holds a demo run with other settings; pass --overwrite to start again or choose another --out"

@@ -244,8 +244,8 @@ class Trainer:
             worker_init_fn=_single_thread_worker,
         )
         log_path = self.run_dir / "log.csv"
-        new_log = not log_path.exists()
-        logf = log_path.open("a", newline="")
+        new_log = not self.resume or not log_path.exists()  # a fresh (or --overwrite) run starts a fresh log
+        logf = log_path.open("a" if not new_log else "w", newline="")
         writer = csv.writer(logf)
         if new_log:
             writer.writerow(LOG_FIELDS)
