@@ -20,7 +20,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from maskgen.extractors import build_extractor
-from maskgen.inference.sliding import resolve_device, sliding_window_probs
+from maskgen.inference.sliding import place_model, resolve_device, sliding_window_probs
 from maskgen.methods import build_method
 
 
@@ -51,8 +51,8 @@ def main() -> None:
     ext = build_extractor(args.extractor, **kw).to(device)
     net = {"base_width": args.base_width, "n_poolings": args.n_poolings}
     methods = {
-        name: build_method(name, image_channels=1, feature_channels=ext.out_channels, n_classes=args.classes,
-                           network=net).to(device)
+        name: place_model(build_method(name, image_channels=1, feature_channels=ext.out_channels,
+                                       n_classes=args.classes, network=net), device)
         for name in ("erm", "maskgen")
     }
     opts = {n: torch.optim.AdamW(m.parameters(), lr=2e-4, weight_decay=1e-5) for n, m in methods.items()}

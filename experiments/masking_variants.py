@@ -23,9 +23,17 @@ ap.add_argument("out")
 ap.add_argument("--seeds", type=int, nargs="+", default=[0])
 ap.add_argument("--steps", type=int, default=FULL.steps)
 ap.add_argument("--val-every", type=int, default=FULL.val_every)
+ap.add_argument("--base-width", type=int, default=FULL.base_width)
+ap.add_argument("--lr", type=float, default=FULL.lr)
+ap.add_argument("--extractor", default=FULL.extractor)
+ap.add_argument("--extractor-weights", default=FULL.extractor_weights)
 ap.add_argument("--arms", nargs="+", default=["erm", "maskgen", "maskgen_zero"], choices=sorted(ARMS))
 args = ap.parse_args()
 FULL.arms = {a: ARMS[a] for a in args.arms}
 FULL.steps = args.steps
 FULL.val_every = args.val_every
+FULL.base_width = args.base_width
+FULL.lr = args.lr
+FULL.extractor = args.extractor
+FULL.extractor_weights = args.extractor_weights
 run_demo(args.out, seeds=args.seeds)

@@ -43,6 +43,8 @@ class DemoSettings:
     )
     seeds: tuple[int, ...] = (0,)
     num_workers: int = 1
+    extractor: str = "mind"
+    extractor_weights: str | None = None
 
 
 FULL = DemoSettings()
@@ -98,7 +100,8 @@ def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, devi
             if not done.exists():
                 cfg = TrainConfig(
                     dataset=str(data_dir), out=str(run_dir), method=method, hparams=dict(hparams),
-                    extractor="mind", splits=str(splits), steps=s.steps, batch_size=s.batch_size,
+                    extractor=s.extractor, extractor_weights=s.extractor_weights, splits=str(splits),
+                    steps=s.steps, batch_size=s.batch_size,
                     patch_size=list(s.patch_size), spacing=list(s.spacing), val_every=s.val_every, lr=s.lr,
                     base_width=s.base_width, n_poolings=s.n_poolings, seed=seed, device=device,
                     num_workers=s.num_workers,

@@ -18,7 +18,7 @@ from monai.transforms import SpatialResample
 from tqdm.auto import tqdm
 
 from maskgen.data.preprocess import load_case
-from maskgen.inference.sliding import resolve_device, sliding_window_probs
+from maskgen.inference.sliding import place_model, resolve_device, sliding_window_probs
 from maskgen.io import OutputExistsError, atomic_write
 from maskgen.training.config import TrainConfig
 from maskgen.training.trainer import build_extractor_from_config, build_method_from_config, load_checkpoint
@@ -73,7 +73,7 @@ class Predictor:
         self.step = int(ckpt["step"])
         self.method = build_method_from_config(self.cfg)
         self.method.load_state_dict(ckpt["model"])
-        self.method.to(self.device).eval()
+        place_model(self.method, self.device).eval()
         self.extractor = build_extractor_from_config(self.cfg)
         if self.extractor is not None:
             self.extractor.to(self.device)

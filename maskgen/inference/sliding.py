@@ -25,6 +25,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def place_model(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move to ``device``; on CPU store conv weights channels-last, which oneDNN runs 1.3-1.6x faster
+    (``benchmarks/bench_step.py --memory-format``)."""
+    module = module.to(device)
+    if device.type == "cpu":
+        module = module.to(memory_format=torch.channels_last_3d)
+    return module
+
+
 def autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -56,6 +56,11 @@ class UNet(nn.Module):
         self.head = nn.Conv3d(widths[0], out_channels, 1)
 
     @property
+    def _probe_weight(self) -> torch.Tensor:
+        """A conv weight whose memory format is unambiguous (more than one input channel, 3x3x3)."""
+        return self.encoders[-1][0][0].weight
+
+    @property
     def size_multiple(self) -> int:
         """Patch sizes must be multiples of this."""
         return 2**self.n_poolings
@@ -81,4 +86,7 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet with {self.n_poolings} poolings needs spatial sizes divisible by {m}, got {tuple(x.shape[2:])}"
             )
+        if self._probe_weight.is_contiguous(memory_format=torch.channels_last_3d):
+            # weights placed channels-last (CPU, see ``place_model``): feed activations the same way
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.decode(self.encode(x))
