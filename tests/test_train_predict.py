@@ -55,6 +55,20 @@ def test_train_writes_run_folder_then_resume_and_refuse_overwrite(tiny_dataset, 
     assert not torch.equal(before["model"]["network.head.weight"], after["model"]["network.head.weight"])
 
 
+def test_overwrite_discards_old_checkpoints_before_training(tiny_dataset, tmp_path):
+    from maskgen.training.trainer import Trainer
+
+    run = tmp_path / "run"
+    train_and_test(_cfg(tiny_dataset, run, method="erm", steps=2), progress=False)
+    assert (run / "checkpoint_best.pt").is_file() and (run / "test").is_dir()
+    trainer = Trainer(_cfg(tiny_dataset, run, method="erm", steps=50, val_every=25), overwrite=True, progress=False)
+    trainer._setup()  # everything a new run does before its first step
+    # an interruption now must not leave the old run's best checkpoint for predict to pick up
+    assert not (run / "checkpoint_best.pt").exists() and not (run / "checkpoint_latest.pt").exists()
+    assert not (run / "test").exists()
+    assert yaml.safe_load((run / "config.yaml").read_text())["steps"] == 50
+
+
 def test_predict_writes_masks_in_input_geometry_and_evaluate_scores_them(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     train_and_test(_cfg(tiny_dataset, run, method="erm", steps=2, spacing=[2.0, 2.0, 2.0]), test=False,

@@ -1,6 +1,7 @@
 """The training-method interface, DomainBed style: a method owns its network and turns a batch into a loss.
 
-The trainer only calls ``training_loss`` and, at inference, ``forward(image, features)``; everything
+The trainer only calls ``training_loss`` and, at inference, ``forward(image, features)`` (plus
+``attach_extractor(extractor)`` once, right after construction, for every method); everything
 method-specific (what the network reads, masking, mixing, extra passes) lives in the method's module.
 A method declares its hyper-parameters in ``HPARAMS`` so the CLI can expose them as flags.
 """
@@ -53,6 +54,9 @@ class Method(nn.Module):
     name = "base"
     #: does the method read the stable extractor's features?
     uses_features: bool = False
+    #: does the method need the extractor object itself (handed over by ``attach_extractor``), e.g. to
+    #: fine-tune its network? The trainer then builds the extractor even when features are not read.
+    needs_extractor: bool = False
     HPARAMS: dict[str, HParam] = {}
 
     def __init__(
@@ -70,6 +74,10 @@ class Method(nn.Module):
         self.network_kwargs = dict(network or {})
         self.hparams = method_hparams(self.name, hparams)
         self.network = self.build_network()
+
+    def attach_extractor(self, extractor: nn.Module | None) -> None:
+        """Called by the trainer and the predictor for every method, right after construction and before any
+        checkpoint is loaded, with the run's extractor (None without one). Default: nothing to do."""
 
     @property
     def in_channels(self) -> int:

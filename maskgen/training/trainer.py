@@ -26,7 +26,7 @@ from maskgen.data.sampling import PatchSampler, round_up
 from maskgen.evaluation.metrics import dice_per_class
 from maskgen.extractors import build_extractor
 from maskgen.extractors.base import StableExtractor
-from maskgen.inference.sliding import autocast, resolve_device, sliding_window_probs
+from maskgen.inference.sliding import autocast, place_model, resolve_device, sliding_window_probs
 from maskgen.io import OutputExistsError, atomic_torch_save, atomic_write_text
 from maskgen.methods import METHODS, build_method
 from maskgen.methods.base import Method
@@ -40,7 +40,8 @@ log = logging.getLogger("maskgen")
 
 
 def build_extractor_from_config(cfg: TrainConfig) -> StableExtractor | None:
-    if not METHODS[cfg.method].uses_features:
+    cls = METHODS[cfg.method]
+    if not (cls.uses_features or cls.needs_extractor):
         return None
     kwargs: dict[str, Any] = {}
     if cfg.extractor_weights is not None:
@@ -50,8 +51,10 @@ def build_extractor_from_config(cfg: TrainConfig) -> StableExtractor | None:
     return build_extractor(cfg.extractor, **kwargs)
 
 
-def build_method_from_config(cfg: TrainConfig) -> Method:
-    return build_method(
+def build_method_from_config(cfg: TrainConfig, extractor: StableExtractor | None = None) -> Method:
+    """The configured method, handed the run's extractor (``Method.attach_extractor``) before any checkpoint
+    is loaded; a method that needs the extractor object gets one built from ``cfg`` when none is passed."""
+    method = build_method(
         cfg.method,
         image_channels=1,
         feature_channels=cfg.feature_channels or 0,
@@ -59,6 +62,10 @@ def build_method_from_config(cfg: TrainConfig) -> Method:
         network=cfg.network_kwargs(),
         hparams=cfg.hparams,
     )
+    if extractor is None and method.needs_extractor:
+        extractor = build_extractor_from_config(cfg)
+    method.attach_extractor(extractor)
+    return method
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -137,8 +144,10 @@ class Trainer:
             load_case(c.image, c.label, cfg.spacing, cfg.modality)
             for c in tqdm(val_cases, desc="load val", disable=not self.progress, leave=False)
         ]
-        self.method = build_method_from_config(cfg).to(self.device)
+        self.method = place_model(build_method_from_config(cfg, self.extractor), self.device)
         cfg.patch_size = self._resolve_patch(cfg.patch_size)
+        if not self.resume:
+            self._discard_previous_run()
         cfg.save(self.run_dir / "config.yaml")
         # batch Dice (nnU-Net's choice): a class absent from one patch does not push its probability to 0
         self.criterion = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
@@ -147,6 +156,17 @@ class Trainer:
         self.step = 0
         self.best_dice = -1.0
         self.best_step = -1
+
+    def _discard_previous_run(self) -> None:
+        """Starting again (--overwrite): drop the old run's checkpoints and test results now, after the
+        dataset checked out, so a new run interrupted before its first validation never leaves a stale
+        ``checkpoint_best`` that ``predict`` would take for its own."""
+        import shutil
+
+        for name in ("checkpoint_best.pt", "checkpoint_latest.pt"):
+            (self.run_dir / name).unlink(missing_ok=True)
+        if (self.run_dir / "test").is_dir():
+            shutil.rmtree(self.run_dir / "test")
 
     def _resolve_patch(self, patch: list[int] | None) -> list[int]:
         m = self.method.size_multiple
@@ -259,7 +279,7 @@ class Trainer:
                 batch = next(it)
                 image = batch["image"].to(self.device, non_blocking=True)
                 target = batch["label"].to(self.device, non_blocking=True).long()
-                feats = self.extractor(image) if self.extractor is not None else None
+                feats = self.extractor(image) if self.extractor is not None and self.method.uses_features else None
                 with autocast(self.device, cfg.amp):
                     loss, _ = self.method.training_loss(image, feats, target, self.criterion)
                 self.optimizer.zero_grad(set_to_none=True)
