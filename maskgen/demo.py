@@ -37,8 +37,9 @@ class DemoSettings:
     patch_size: tuple[int, int, int] = (32, 32, 32)
     base_width: int = 16
     n_poolings: int = 3
-    #: arm name -> (method, hyper-parameters); every arm gets the same seeds, data and budget
-    arms: dict[str, tuple[str, dict[str, Any]]] = field(
+    #: arm name -> (method, hyper-parameters[, TrainConfig overrides such as another extractor]);
+    #: every arm gets the same seeds, data and budget
+    arms: dict[str, tuple] = field(
         default_factory=lambda: {"erm": ("erm", {}), "maskgen": ("maskgen", {"mask_rate": 0.5})}
     )
     seeds: tuple[int, ...] = (0,)
@@ -94,11 +95,12 @@ def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, devi
     all_rows: list[dict[str, Any]] = []
     overlay_preds: dict[str, np.ndarray] = {}
     for seed in s.seeds:
-        for arm, (method, hparams) in s.arms.items():
+        for arm, (method, hparams, *rest) in s.arms.items():
+            overrides = dict(rest[0]) if rest else {}
             run_dir = out / "runs" / f"{arm}_seed{seed}"
             done = run_dir / "test" / "summary.json"
             if not done.exists():
-                cfg = TrainConfig(
+                kwargs = dict(
                     dataset=str(data_dir), out=str(run_dir), method=method, hparams=dict(hparams),
                     extractor=s.extractor, extractor_weights=s.extractor_weights, splits=str(splits),
                     steps=s.steps, batch_size=s.batch_size,
@@ -106,6 +108,7 @@ def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, devi
                     base_width=s.base_width, n_poolings=s.n_poolings, seed=seed, device=device,
                     num_workers=s.num_workers,
                 )
+                cfg = TrainConfig(**{**kwargs, **overrides})
                 resume = (run_dir / "checkpoint_latest.pt").exists()
                 trainer = Trainer(cfg, resume=resume, overwrite=not resume, progress=progress)
                 if not resume or trainer_steps_left(run_dir, s.steps):

@@ -261,20 +261,20 @@ class _Layout:
         return _Ellipsoids(c + offsets, axes, np.stack([_random_rotation(self.rng) for _ in range(n)]))
 
     def ellipsoid(self) -> _Ellipsoids:
-        axes = self.S * self.rng.uniform([0.2, 0.15, 0.13], [0.25, 0.19, 0.16])
+        axes = self.S * self.rng.uniform([0.24, 0.18, 0.16], [0.29, 0.22, 0.19])
         axes = np.maximum(axes, 2.0 * self.vox)
         c = self.random_interior_point(axes.max())
         return _Ellipsoids(c[None], axes[None], _random_rotation(self.rng)[None])
 
     def nodule(self) -> _Ellipsoids:
-        rho = max(self.S * self.rng.uniform(0.085, 0.1), 2.2 * self.vox)
+        rho = max(self.S * self.rng.uniform(0.13, 0.15), 2.2 * self.vox)
         axes = rho * self.rng.uniform(0.88, 1.12, 3)
         c = self.random_interior_point(axes.max())
         return _Ellipsoids(c[None], axes[None], _random_rotation(self.rng)[None])
 
     def vessel(self) -> _Tube:
         """Smooth random curve: a chord bent by two random sinusoids perpendicular to it."""
-        radius = max(self.S * self.rng.uniform(0.05, 0.06), 1.2 * self.vox)
+        radius = max(self.S * self.rng.uniform(0.075, 0.09), 1.2 * self.vox)
         length = self.S * self.rng.uniform(0.45, 0.6)
         u = self.rng.standard_normal(3)
         u /= np.linalg.norm(u)
