@@ -95,8 +95,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from maskgen.inference.predict import Predictor
+    from maskgen.inference.tta import build_tta
 
-    pred = Predictor(args.run, checkpoint=args.checkpoint, device=args.device, feature_mask=args.mask)
+    tta = build_tta(args.tta, stable_run=args.stable_run, alpha=args.alpha, steps=args.tta_steps, lr=args.tta_lr,
+                    rounds=args.tta_rounds, seed=args.tta_seed)
+    pred = Predictor(args.run, checkpoint=args.checkpoint, device=args.device, feature_mask=args.mask, tta=tta)
     written = pred.predict_to_folder(args.input, args.output, overwrite=args.overwrite,
                                      save_probabilities=args.save_probabilities)
     print(f"wrote {len(written)} files to {args.output}")
@@ -119,8 +122,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tta_args(p: argparse.ArgumentParser) -> None:
+    from maskgen.inference.tta import TTAS
+
+    g = p.add_argument_group("test-time adaptation (sees the unlabelled test volume; MaskGen itself needs none)")
+    g.add_argument("--tta", default="none", choices=sorted(TTAS),
+                   help="tent: BatchNorm entropy minimisation per volume; alpha: mix logits with a stable run; "
+                        "sfb: stable feature boosting (default none)")
+    g.add_argument("--stable-run", default=None, help="[alpha, sfb] run trained on features alone (--method reps_only)")
+    g.add_argument("--alpha", type=float, default=None,
+                   help="[alpha] weight of the stable model's logits (default: tuned on the run's validation cases)")
+    g.add_argument("--tta-steps", type=int, default=None,
+                   help="[tent, sfb] gradient steps per volume (sfb: per round) (default 10)")
+    g.add_argument("--tta-lr", type=float, default=None,
+                   help="[tent] SGD lr (default 1e-3); [sfb] Adam lr (default 1e-4)")
+    g.add_argument("--tta-rounds", type=int, default=None, help="[sfb] pseudo-label rounds (default 3)")
+    g.add_argument("--tta-seed", type=int, default=None, help="[tent, sfb] seed of the random crops (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from maskgen.analysis.stability import add_analyze_parser
+    from maskgen.extractors.pretrain import add_pretrain_parser
 
     p = argparse.ArgumentParser(prog="maskgen", description=__doc__)
     p.add_argument("--version", action="version", version=f"maskgen {__version__}")
@@ -159,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="zero one input source at inference, to measure the model's dependence on it")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--overwrite", action="store_true")
+    _add_tta_args(pr)
     pr.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", help="Dice and HD95 per case, class and domain")
@@ -178,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--overwrite", action="store_true")
     de.set_defaults(func=cmd_demo)
     add_analyze_parser(sub)
+    add_pretrain_parser(sub)
     return p
 
 

@@ -7,5 +7,7 @@ try:  # anatomix registers itself on import
     from maskgen.extractors import anatomix  # noqa: F401
 except ImportError:  # pragma: no cover - module being added
     pass
+else:  # our own pretrained UNet ("maskgen-synth") and TorchScript files ("torchscript")
+    from maskgen.extractors import pretrained  # noqa: F401
 
 __all__ = ["EXTRACTORS", "StableExtractor", "build_extractor", "register_extractor"]

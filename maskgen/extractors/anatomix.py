@@ -284,12 +284,16 @@ class AnatomixExtractor(StableExtractor):
         if weights is not None:
             load_anatomix_weights(self.unet, weights)
         self.weights = None if weights is None else str(weights)
+        self._configure(layer, tile_size, tile_overlap)
+        self.freeze()
 
+    def _configure(self, layer: int | str, tile_size: int, tile_overlap: float) -> None:
+        """Pick the feature layer of ``self.unet`` and derive channels, size constraints and tiling from it."""
         self.layer = self._resolve_layer(layer)
         channels, factor = self.unet.layer_info[self.layer]
         if factor != 1:
             raise ValueError(
-                f"anatomix layer {self.layer} is at 1/{factor} resolution; choose a full-resolution layer "
+                f"{self.name} layer {self.layer} is at 1/{factor} resolution; choose a full-resolution layer "
                 f"(0-{self.unet.skip_indices[0]}, {self.unet.upsample_indices[-1]}-{self.unet.output_index})"
             )
         self.out_channels = channels
@@ -304,7 +308,6 @@ class AnatomixExtractor(StableExtractor):
             raise ValueError(f"tile_overlap must be in [0, 1), got {tile_overlap}")
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
-        self.freeze()
 
     def _resolve_layer(self, layer: int | str) -> int:
         n = len(self.unet.model)

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from maskgen.data.preprocess import load_case
 from maskgen.inference.sliding import place_model, resolve_device, sliding_window_probs
-from maskgen.io import OutputExistsError, atomic_write
+from maskgen.inference.tta import TTA
+from maskgen.io import OutputExistsError, atomic_write, atomic_write_json
 from maskgen.training.config import TrainConfig
 from maskgen.training.trainer import build_extractor_from_config, build_method_from_config, load_checkpoint
 
@@ -61,8 +62,9 @@ class Predictor:
     """A trained run, ready to segment volumes."""
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
-                 overlap: float | None = None, feature_mask: str | None = None):
+                 overlap: float | None = None, feature_mask: str | None = None, tta: TTA | None = None):
         self.run_dir = Path(run_dir)
+        self.checkpoint = checkpoint
         cfg_path = self.run_dir / "config.yaml"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path}: not a maskgen run folder (config.yaml missing)")
@@ -79,6 +81,16 @@ class Predictor:
             self.extractor.to(self.device)
         self.overlap = self.cfg.val_overlap if overlap is None else overlap
         self.feature_mask = feature_mask
+        #: test-time adaptation; the default is plain sliding-window inference (``maskgen.inference.tta``)
+        self.tta = tta if tta is not None else TTA()
+        self.tta.setup(self)
+
+    def window_probs(self, image: torch.Tensor) -> torch.Tensor:
+        """Plain sliding-window softmax probabilities (C, D, H, W) for a preprocessed image (1, D, H, W)."""
+        return sliding_window_probs(
+            self.method, self.extractor, image, self.cfg.patch_size, self.overlap, self.device,
+            self.cfg.amp, feature_mask=self.feature_mask,
+        )
 
     def probabilities(self, path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
         """Class probabilities (C, X, Y, Z) on the input file's own voxel grid, and the input image."""
@@ -96,10 +108,7 @@ class Predictor:
         image = data["image"]
         if not torch.isfinite(image.as_tensor()).all():
             raise ValueError(f"{path}: image contains NaN or infinite voxels")
-        probs = sliding_window_probs(
-            self.method, self.extractor, image.as_tensor(), self.cfg.patch_size, self.overlap, self.device,
-            self.cfg.amp, feature_mask=self.feature_mask,
-        )
+        probs = self.tta.predict_volume(self, image.as_tensor(), name=case_name(path))
         from monai.data import MetaTensor
 
         probs_mt = MetaTensor(probs, affine=image.affine)
@@ -136,6 +145,9 @@ class Predictor:
             written.append(write_mask(labels, original, targets[p]))
             if save_probabilities:
                 written.append(write_probabilities(probs, original, out_dir / "probabilities" / f"{case_name(p)}.nii.gz"))
+        report = self.tta.report()
+        if report is not None:
+            written.append(atomic_write_json(out_dir / "tta.json", report))
         return written
 
 
