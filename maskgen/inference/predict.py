@@ -73,10 +73,11 @@ class Predictor:
         self.device = resolve_device(device)
         ckpt = load_checkpoint(ckpt_path, map_location="cpu")
         self.step = int(ckpt["step"])
-        self.method = build_method_from_config(self.cfg)
+        # one extractor, shared with the method (finetune_* copy its network in attach_extractor)
+        self.extractor = build_extractor_from_config(self.cfg)
+        self.method = build_method_from_config(self.cfg, self.extractor)
         self.method.load_state_dict(ckpt["model"])
         place_model(self.method, self.device).eval()
-        self.extractor = build_extractor_from_config(self.cfg)
         if self.extractor is not None:
             self.extractor.to(self.device)
         self.overlap = self.cfg.val_overlap if overlap is None else overlap
