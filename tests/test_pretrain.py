@@ -265,6 +265,19 @@ def test_shipped_checkpoint_is_selected_by_name(tiny_run, tmp_path, monkeypatch)
     assert e.out_channels == 16 and e.weights.endswith("maskgen-synth.pt")
 
 
+def test_the_shipped_checkpoint_is_in_the_package_and_records_its_run():
+    path = pretrained_mod.shipped_weights("maskgen-synth")
+    assert path.is_file(), "maskgen-synth.pt must ship with the package"
+    unet, info = load_extractor_checkpoint(path)
+    assert info["meta"]["command"].startswith("maskgen pretrain-extractor")
+    assert info["meta"]["seed"] == 1234567 and info["meta"]["steps"] == 1200
+    e = build_extractor("maskgen-synth")
+    x = torch.rand(1, 1, 20, 24, 18)
+    f = e(x)
+    assert f.shape == (1, 16, 20, 24, 18) and torch.isfinite(f).all()
+    assert torch.equal(e(x), f)  # frozen, eval mode: deterministic
+
+
 def test_maskgen_synth_rejects_other_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         build_extractor("maskgen-synth", weights=str(tmp_path / "missing.pt"))
