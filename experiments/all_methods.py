@@ -2,6 +2,7 @@
 split, with a table of in-domain and unseen-domain Dice and training seconds per step relative to ERM.
 
     .venv/bin/python experiments/all_methods.py OUT_DIR [--steps 300] [--seeds 0] [--methods erm maskgen ...]
+        [--base-width 16] [--lr 3e-3]   (defaults: the settings of `maskgen demo`)
 
 Methods that fine-tune the extractor's own network (``finetune_*``) need a network extractor: they use
 ``--network-extractor`` (default: the project's shipped pretrained one), the others use MIND-SSC as in
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--val-every", type=int, default=100)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--base-width", type=int, default=FULL.base_width)
+    ap.add_argument("--lr", type=float, default=FULL.lr)
     ap.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     ap.add_argument("--network-extractor", default="maskgen-synth",
                     help="extractor for the finetune_* methods (needs a network)")
@@ -81,6 +84,8 @@ def main() -> None:
     FULL.arms = arms
     FULL.steps = args.steps
     FULL.val_every = args.val_every
+    FULL.base_width = args.base_width
+    FULL.lr = args.lr
     run_demo(args.out, seeds=args.seeds)
     md = table(Path(args.out), methods, args.seeds)
     atomic_write_text(Path(args.out) / "all_methods.md", md + "\n")
