@@ -118,7 +118,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from maskgen.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, overwrite=args.overwrite, device=args.device, seeds=args.seeds)
+    run_demo(args.out, quick=args.quick, overwrite=args.overwrite, device=args.device, seeds=args.seeds,
+             steps=args.steps, val_every=args.val_every, mask_rate=args.mask_rate)
     return 0
 
 
@@ -197,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--out", default="maskgen_demo")
     de.add_argument("--quick", action="store_true", help="2-minute smoke version")
     de.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 0)")
+    de.add_argument("--steps", type=int, default=None,
+                    help="training steps per arm (default 800, about 20 minutes on 2 CPU cores; the arms "
+                         "converge only by about 4000 steps, see docs/results.md)")
+    de.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 100)")
+    de.add_argument("--mask-rate", type=float, default=None,
+                    help="MaskGen's masking rate p (default 0.5; the paper tunes it from 0.25, 0.5, 0.75)")
     de.add_argument("--device", default="auto")
     de.add_argument("--overwrite", action="store_true")
     de.set_defaults(func=cmd_demo)
