@@ -14,6 +14,9 @@ ARMS = {
     "erm": ("erm", {}),
     "maskgen": ("maskgen", {"mask_rate": 0.5}),
     "maskgen_zero": ("maskgen", {"mask_rate": 0.5, "mask_mode": "zero"}),
+    # the paper tunes p on validation from {0.25, 0.5, 0.75}; 0.75 is the reference code's default
+    "maskgen_p25": ("maskgen", {"mask_rate": 0.25}),
+    "maskgen_p75": ("maskgen", {"mask_rate": 0.75}),
     "concat": ("concat", {}),
     "reps_only": ("reps_only", {}),
 }
