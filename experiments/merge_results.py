@@ -9,7 +9,7 @@ import csv
 from pathlib import Path
 
 from maskgen.demo import _write_results, aggregate, format_results
-from maskgen.evaluation.plots import plot_domain_bars
+from maskgen.evaluation.plots import plot_domain_bars, plot_validation_curves
 from maskgen.io import atomic_write_text
 
 ap = argparse.ArgumentParser()
@@ -22,12 +22,18 @@ ap.add_argument("--paired-against", default=None,
 args = ap.parse_args()
 
 rows = []
+logs = {}  # arm -> training log of its first seed, for the validation-curve figure
 for spec in args.dirs:
     folder, *renames = spec.split(":")
     names = dict(r.split("=") for r in ",".join(renames).split(",") if r)
     with open(Path(folder) / "results.csv", newline="") as f:
         for r in csv.DictReader(f):
+            run = f"{r['method']}_seed{r['seed']}"  # a demo folder has runs/RUN; committed copies hold RUN
+            log = next((p for p in (Path(folder) / "runs" / run / "log.csv", Path(folder) / run / "log.csv")
+                        if p.exists()), Path(folder) / run / "log.csv")
             r["method"] = names.get(r["method"], r["method"])
+            if log.exists():
+                logs.setdefault(r["method"], log)
             r["mean_dice"] = float(r["mean_dice"])
             rows.append(r)
 arms = args.arms or list(dict.fromkeys(r["method"] for r in rows))
@@ -45,6 +51,9 @@ domains = [d for d in ("T1w", "in-domain (all)", "T2w", "PDw", "FLAIR", "CT", "u
 bars = {m: {d: (r[d]["mean"], r[d]["se"]) for d in domains if d in r} for m, r in results.items()}
 plot_domain_bars(bars, out / "dice_by_domain.png", title="Phantom v2, 4000 steps: test Dice by domain",
                  in_domain=[args.train_domain, "in-domain (all)"])
+if logs:
+    plot_validation_curves({a: logs[a] for a in arms if a in logs}, out / "validation_curves.png",
+                           title="Validation Dice (in-domain) per arm, first seed")
 print(table)
 
 if args.paired_against:

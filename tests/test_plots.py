@@ -11,6 +11,7 @@ from maskgen.evaluation.plots import (
     plot_domain_bars,
     plot_overlay,
     plot_training_curves,
+    plot_validation_curves,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -91,3 +92,18 @@ def test_training_curves(tmp_path):
     bad.write_text("step,loss\n1,0.9\n")
     with pytest.raises(ValueError, match="val_dice"):
         plot_training_curves(bad, tmp_path / "bad.png")
+
+
+def test_validation_curves_of_several_runs(tmp_path):
+    logs = {}
+    for name, top in (("erm", 0.9), ("maskgen", 0.8)):
+        log = tmp_path / f"{name}.csv"
+        rows = ["step,loss,lr,val_dice,seconds"]
+        rows += [f"{s},0.5,1e-3,{top * s / 400 if s % 100 == 0 else ''},0.1" for s in range(1, 401)]
+        log.write_text("\n".join(rows) + "\n")
+        logs[name] = log
+    _check_png(plot_validation_curves(logs, tmp_path / "val.png", title="val"))
+    with pytest.raises(FileNotFoundError, match="missing.csv.*'gone'"):
+        plot_validation_curves({"gone": tmp_path / "missing.csv"}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no runs"):
+        plot_validation_curves({}, tmp_path / "x.png")

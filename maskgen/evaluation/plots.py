@@ -223,3 +223,30 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str = "")
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_validation_curves(logs: dict[str, str | Path], path: str | Path, title: str = "") -> Path:
+    """Validation Dice against step for several runs on one axis, each best point starred: shows which arm has
+    converged (a flat tail) before their test scores are compared."""
+    if not logs:
+        raise ValueError("plot_validation_curves: no runs given")
+    fig = _new_figure((7.0, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, log_csv in logs.items():
+        log_csv = Path(log_csv)
+        if not log_csv.exists():
+            raise FileNotFoundError(f"{log_csv}: no training log for run {name!r}")
+        _, _, val_steps, val = _read_log(log_csv)
+        if not val.size:
+            continue
+        (line,) = ax.plot(val_steps, val, "o-", ms=3, lw=1.2, label=f"{name} (best {val.max():.3f})")
+        best = int(np.argmax(val))
+        ax.plot(val_steps[best], val[best], "*", color=line.get_color(), ms=11)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation Dice")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
