@@ -92,10 +92,16 @@ def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, devi
             import shutil
 
             shutil.rmtree(out)
-        elif json.loads(marker.read_text()).get("settings") != _jsonable(s):
-            raise OutputExistsError(
-                f"{out}: holds a demo run with other settings; pass --overwrite to start again or choose another --out"
-            )
+        else:
+            old = json.loads(marker.read_text()).get("settings") or {}
+            new = _jsonable(s)
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if changed:
+                what = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed)
+                raise OutputExistsError(
+                    f"{out}: holds a demo run with other settings ({what}); pass the same options to continue it, "
+                    "--overwrite to start again, or choose another --out"
+                )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, {"settings": _jsonable(s)})
 

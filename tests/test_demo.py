@@ -39,7 +39,7 @@ def test_demo_writes_results_and_figures_then_resumes(tmp_path, capsys):
     assert ckpt.stat().st_mtime_ns == mtime
     assert json.loads((out / "results.json").read_text()).keys() == results.keys()
 
-    with pytest.raises(OutputExistsError, match="other settings"):
+    with pytest.raises(OutputExistsError, match=r"other settings \(steps: 3 there, 5 now\)"):
         run_demo(out, settings=_tiny(steps=5), device="cpu", progress=False)
 
 
