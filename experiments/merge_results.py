@@ -1,7 +1,8 @@
 """One table and one bar chart from the ``results.csv`` of several demo folders trained on the same phantom,
 seeds and budget (e.g. ERM from one run and more MaskGen arms from another). ``DIR:old=new`` renames an arm.
 
-    .venv/bin/python experiments/merge_results.py OUT DIR_A DIR_B:maskgen=maskgen_p50 [--arms erm maskgen_p25 ...]
+    .venv/bin/python experiments/merge_results.py OUT DIR_A DIR_B:maskgen=maskgen_p50 [--arms erm maskgen_p25 ...] \
+        [--title "Phantom v2, 4000 steps"] [--paired-against erm]
 """
 
 import argparse
@@ -17,6 +18,7 @@ ap.add_argument("out")
 ap.add_argument("dirs", nargs="+")
 ap.add_argument("--arms", nargs="+", default=None, help="arms to keep, in this order (default: all)")
 ap.add_argument("--train-domain", default="T1w")
+ap.add_argument("--title", default="Phantom benchmark", help="what the runs are, for the figure titles")
 ap.add_argument("--paired-against", default=None,
                 help="also print each arm's per-case difference from this arm (mean ± SE over the same cases)")
 args = ap.parse_args()
@@ -49,11 +51,11 @@ table = format_results(results, [args.train_domain])
 atomic_write_text(out / "results.txt", table + "\n")
 domains = [d for d in ("T1w", "in-domain (all)", "T2w", "PDw", "FLAIR", "CT", "unseen (all)") if d in results[arms[0]]]
 bars = {m: {d: (r[d]["mean"], r[d]["se"]) for d in domains if d in r} for m, r in results.items()}
-plot_domain_bars(bars, out / "dice_by_domain.png", title="Phantom v2, 4000 steps: test Dice by domain",
+plot_domain_bars(bars, out / "dice_by_domain.png", title=f"{args.title}: test Dice by domain",
                  in_domain=[args.train_domain, "in-domain (all)"])
 if logs:
     plot_validation_curves({a: logs[a] for a in arms if a in logs}, out / "validation_curves.png",
-                           title="Validation Dice (in-domain) per arm, first seed")
+                           title=f"{args.title}: validation Dice (in-domain), first seed")
 print(table)
 
 if args.paired_against:

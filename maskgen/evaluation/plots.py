@@ -246,7 +246,7 @@ def plot_validation_curves(logs: dict[str, str | Path], path: str | Path, title:
     ax.set_ylabel("validation Dice")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="best")
     if title:
         ax.set_title(title)
     return _save(fig, path)
