@@ -82,11 +82,45 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+_NOT_GIVEN = object()
+
+
+def given_settings(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The config settings the user typed on the command line (abbreviated flags included).
+
+    Found by parsing ``argv`` again with every default replaced by a sentinel, so a flag given with
+    its default value still counts as given (``--resume --lr 2e-4`` is checked against the run).
+    """
+    sub = _subparser(parser, argv)
+    saved = [(a, a.default) for a in sub._actions]
+    try:
+        for a, _ in saved:
+            if a.dest not in ("help", "dataset", "out"):
+                a.default = _NOT_GIVEN
+        ns = parser.parse_args(argv)
+    finally:
+        for a, d in saved:
+            a.default = d
+    given = set()
+    for dest, value in vars(ns).items():
+        if value is _NOT_GIVEN or dest in ("func", "command", "verbose", "resume", "overwrite", "no_test"):
+            continue
+        given.add("hparams" if dest.startswith("hp_") else dest)
+    return given | {"dataset"}
+
+
+def _subparser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    name = next(t for t in argv if t in action.choices)
+    return action.choices[name]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from maskgen.training.run import train_and_test
 
     cfg = _config_from_args(args, args.dataset, args.out)
-    result = train_and_test(cfg, resume=args.resume, overwrite=args.overwrite, test=not args.no_test)
+    given = given_settings(build_parser(), args.argv) if args.resume else None
+    result = train_and_test(cfg, resume=args.resume, overwrite=args.overwrite, test=not args.no_test, given=given)
     print(f"best validation Dice {result['best_val_dice']:.4f} at step {result['best_step']}; run folder {args.out}")
     if "test_table" in result:
         print(result["test_table"])
@@ -110,7 +144,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from maskgen.evaluation.evaluate import evaluate_folder, format_table
 
     summary = evaluate_folder(args.pred, args.labels, out_dir=args.out, splits_file=args.splits,
-                              compute_hd95=not args.no_hd95, overwrite=args.overwrite)
+                              compute_hd95=not args.no_hd95, overwrite=args.overwrite,
+                              file_ending=args.file_ending, allow_missing=args.allow_missing)
     print(format_table(summary))
     return 0
 
@@ -191,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--splits", default=None, help="CSV/JSON naming each case's domain")
     ev.add_argument("--out", default=None, help="where to write metrics_per_case.csv and summary.json (default --pred)")
     ev.add_argument("--no-hd95", action="store_true")
+    ev.add_argument("--file-ending", default=None,
+                    help="only score files with this ending (default: dataset.json's file_ending next to --labels, "
+                         "else every format maskgen reads: .nii.gz, .nii, .mgz, .mgh)")
+    ev.add_argument("--allow-missing", action="store_true",
+                    help="score the predicted cases even if some labels have no prediction (listed in summary.json "
+                         "as unscored_cases); without it that is an error")
     ev.add_argument("--overwrite", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -213,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)

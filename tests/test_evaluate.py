@@ -157,12 +157,17 @@ def test_prediction_without_label_is_an_error(dataset):
     assert not (pred_dir / "summary.json").exists()
 
 
-def test_label_without_prediction_warns(dataset):
+def test_label_without_prediction_is_an_error_unless_allowed_then_recorded(dataset):
     pred_dir, labels_dir, _ = dataset
     _save(labels_dir / "z_001.nii.gz", _ref())
+    with pytest.raises(ValueError, match=r"z_001\.nii\.gz.*--allow-missing"):
+        evaluate_folder(pred_dir, labels_dir, compute_hd95=False, progress=False)
+    assert not (pred_dir / "summary.json").exists()
     with pytest.warns(UserWarning, match="z_001.nii.gz"):
-        summary = evaluate_folder(pred_dir, labels_dir, compute_hd95=False, progress=False)
+        summary = evaluate_folder(pred_dir, labels_dir, compute_hd95=False, progress=False, allow_missing=True)
     assert summary["n_cases"] == 4
+    assert summary["unscored_cases"] == ["z_001"]
+    assert json.loads((pred_dir / "summary.json").read_text())["unscored_cases"] == ["z_001"]
 
 
 def test_shape_mismatch_names_case(dataset):

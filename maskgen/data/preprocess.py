@@ -35,7 +35,8 @@ def preprocess_transform(spacing: Sequence[float] | None, modality: str, with_la
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
     ts = [
-        LoadImaged(keys, image_only=True),
+        # nibabel for every format the dataset check accepts (MONAI picks no reader for .mgz/.mgh itself)
+        LoadImaged(keys, reader="NibabelReader", image_only=True),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
     ]
@@ -46,9 +47,15 @@ def preprocess_transform(spacing: Sequence[float] | None, modality: str, with_la
 
 
 def load_case(
-    image: str | Path, label: str | Path | None, spacing: Sequence[float] | None, modality: str
+    image: str | Path, label: str | Path | None, spacing: Sequence[float] | None, modality: str,
+    class_values: Sequence[int] | None = None,
 ) -> dict[str, MetaTensor]:
-    """Image (1, D, H, W) float32 in [0, 1] and label (1, D, H, W) uint8, in RAS at ``spacing``."""
+    """Image (1, D, H, W) float32 in [0, 1] and label (1, D, H, W) of class indices, in RAS at ``spacing``.
+
+    Label value ``class_values[i]`` becomes class index ``i`` (None: the values are the indices), so
+    declared values of any size (FreeSurfer's 2035) stay exact; a value outside ``class_values`` is an
+    error naming the file, never a silent wrap-around.
+    """
     data = {"image": str(image)}
     if label is not None:
         data["label"] = str(label)
@@ -56,8 +63,38 @@ def load_case(
     out["image"] = out["image"].float()
     if label is not None:
         lab = out["label"]
-        out["label"] = MetaTensor(torch.round(lab.as_tensor()).to(torch.uint8), meta=lab.meta)
+        out["label"] = MetaTensor(label_to_classes(lab.as_tensor(), class_values, label), meta=lab.meta)
     return out
+
+
+def class_index_dtype(n_classes: int) -> torch.dtype:
+    return torch.uint8 if n_classes <= 256 else torch.int16 if n_classes <= 32768 else torch.int32
+
+
+def label_to_classes(label: torch.Tensor, class_values: Sequence[int] | None, source: str | Path = "label") -> torch.Tensor:
+    """Integer label values -> class indices (position in ``class_values``); None keeps the values."""
+    values = torch.round(label).to(torch.int64)
+    if class_values is None:
+        if values.numel() and int(values.min()) < 0:
+            raise ValueError(f"{source}: negative label values")
+        return values.to(class_index_dtype(int(values.max()) + 1 if values.numel() else 1))
+    table = torch.as_tensor(sorted(int(v) for v in class_values), dtype=torch.int64)
+    if list(table) != [int(v) for v in class_values]:
+        raise ValueError(f"class values must be sorted ascending, got {list(class_values)}")
+    idx = torch.searchsorted(table, values).clamp_max(len(table) - 1)
+    bad = table[idx] != values
+    if bool(bad.any()):
+        shown = sorted({int(v) for v in values[bad].unique()[:10]})
+        raise ValueError(f"{source}: label values {shown} are not declared (declared: {table.tolist()})")
+    return idx.to(class_index_dtype(len(table)))
+
+
+def classes_to_label(classes: np.ndarray, class_values: Sequence[int]) -> np.ndarray:
+    """Class indices -> the dataset's label values, in the smallest integer type that holds them."""
+    table = np.asarray([int(v) for v in class_values], dtype=np.int64)
+    top = int(table.max()) if table.size else 0
+    dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int32
+    return table.astype(dtype)[classes]
 
 
 def median_spacing(paths: Sequence[str | Path]) -> tuple[float, float, float]:

@@ -68,7 +68,7 @@ class PatchSampler(IterableDataset):
             out = self.aug(out)
             out = {k: torch.as_tensor(v).contiguous() for k, v in out.items()}
         out["image"] = out["image"].float()
-        out["label"] = out["label"].to(torch.uint8)
+        out["label"] = out["label"].to(lab.dtype)  # class indices: uint8 up to 256 classes, wider beyond
         return out
 
     def __iter__(self):

@@ -32,8 +32,24 @@ DEFAULT_DOMAIN = "all"
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def _list_cases(folder: Path, file_ending: str) -> dict[str, Path]:
-    return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir()) if p.is_file() and p.name.endswith(file_ending)}
+def _list_cases(folder: Path, file_ending: str | None) -> dict[str, Path]:
+    """Case -> file for the volumes in ``folder`` (``file_ending`` None: every format maskgen reads)."""
+    from maskgen.data.volumes import strip_ending, volume_ending
+
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if file_ending is not None and not p.name.endswith(file_ending):
+            continue
+        if file_ending is None and volume_ending(p) is None:
+            continue
+        case = p.name[: -len(file_ending)] if file_ending is not None else strip_ending(p)
+        if case in out:
+            raise ValueError(f"{p}: case {case!r} appears twice in {folder} (also {out[case].name}); "
+                             "keep one file per case or pass --file-ending")
+        out[case] = p
+    return out
 
 
 def _labels_from_dataset_json(path: Path) -> dict[str, int]:
@@ -57,37 +73,22 @@ def _labels_from_dataset_json(path: Path) -> dict[str, int]:
     return out
 
 
+def _file_ending_from_dataset_json(path: Path) -> str | None:
+    try:
+        fe = json.loads(path.read_text(encoding="utf-8")).get("file_ending")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: unreadable dataset.json ({type(e).__name__}: {e})") from e
+    return fe if isinstance(fe, str) and fe.startswith(".") else None
+
+
 def read_splits(path: str | Path, file_ending: str = ".nii.gz") -> dict[str, str]:
-    """Map case -> domain from a CSV (``case,split,domain[,subject]``) or JSON (list or case->dict)."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        with path.open() as f:
-            data = json.load(f)
-        if isinstance(data, dict):
-            records = [{"case": k, **v} for k, v in data.items()]
-        elif isinstance(data, list):
-            records = data
-        else:
-            raise ValueError(f"{path}: expected a JSON list of objects or an object case -> {{split, domain}}")
-    else:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: tolerate spreadsheet BOMs
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in (reader.fieldnames or [])]
-            if "case" not in fields or "domain" not in fields:
-                raise ValueError(f"{path}: splits CSV needs columns case,split,domain[,subject]; found {fields}")
-            records = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    out: dict[str, str] = {}
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict) or "case" not in rec or "domain" not in rec:
-            raise ValueError(f"{path}: entry {i} lacks 'case' or 'domain': {rec!r}")
-        case = str(rec["case"])
-        if file_ending and case.endswith(file_ending):
-            case = case[: -len(file_ending)]
-        domain = str(rec["domain"]) or DEFAULT_DOMAIN
-        if out.get(case, domain) != domain:
-            raise ValueError(f"{path}: case {case!r} is listed with two domains ({out[case]!r} and {domain!r})")
-        out[case] = domain
-    return out
+    """Case -> domain from a split file, read by the same parser as ``maskgen train --splits``
+    (a case listed without a domain gets training's default: ``test`` for test cases, else ``source``)."""
+    from maskgen.data.cases import default_domain
+    from maskgen.data.splits import read_split_file
+
+    entries = read_split_file(path, file_ending)
+    return {e.case: e.domain or default_domain(e.split) for e in entries}
 
 
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
@@ -121,8 +122,10 @@ def _group_summary(rows: list[dict], label_names: dict[str, int], with_hd95: boo
     return {"n": len(rows), "mean_dice": _stats(r["mean_dice"] for r in rows), "per_class": per_class}
 
 
-def summarize(rows: list[dict], label_names: dict[str, int]) -> dict:
+def summarize(rows: list[dict], label_names: dict[str, int], unscored: Iterable[str] = ()) -> dict:
     """Per-domain and overall mean ± SE of each metric; JSON-ready (None instead of NaN).
+
+    ``unscored`` names the cases with a label but no prediction, recorded as ``unscored_cases``.
 
     Means and SEs use finite values only; ``hd95.n_nonfinite`` counts the ``inf`` values (class
     present in only one of prediction/reference) that were left out. Background is never scored.
@@ -137,6 +140,7 @@ def summarize(rows: list[dict], label_names: dict[str, int]) -> dict:
         "label_names": dict(label_names),
         "domains": {d: _group_summary(domains[d], label_names, with_hd95) for d in sorted(domains)},
         "overall": _group_summary(rows, label_names, with_hd95),
+        "unscored_cases": sorted(unscored),
     }
 
 
@@ -252,15 +256,17 @@ def evaluate_folder(
     splits_file: str | Path | None = None,
     label_names: dict[str, int] | None = None,
     compute_hd95: bool = True,
-    file_ending: str = ".nii.gz",
+    file_ending: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    allow_missing: bool = False,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against the same-named file in ``labels_dir``.
 
     Returns the summary (the content of ``summary.json``). Raises ValueError if a prediction has
-    no label (a silently skipped case would bias the means); labels without a prediction only
-    warn, so a subset of a test set can be scored.
+    no label, and if a label has no prediction unless ``allow_missing`` (a silently skipped case
+    would bias the means); allowed, the unscored cases are listed in ``summary["unscored_cases"]``.
+    ``file_ending`` None takes the dataset.json next to ``labels_dir``, else every format maskgen reads.
     """
     from tqdm import tqdm
 
@@ -271,9 +277,12 @@ def evaluate_folder(
             raise FileNotFoundError(f"{d}: {what} does not exist")
     _check_fresh(out_dir, overwrite)  # fail before the slow part, not after it
 
+    dataset_json = labels_dir.parent / "dataset.json"
+    if file_ending is None and dataset_json.is_file():
+        file_ending = _file_ending_from_dataset_json(dataset_json)
     preds, refs = _list_cases(pred_dir, file_ending), _list_cases(labels_dir, file_ending)
     if not preds:
-        raise ValueError(f"{pred_dir}: no prediction files ending in {file_ending!r}")
+        raise ValueError(f"{pred_dir}: no prediction files" + (f" ending in {file_ending!r}" if file_ending else ""))
     missing = sorted(set(preds) - set(refs))
     if missing:
         raise ValueError(
@@ -282,10 +291,13 @@ def evaluate_folder(
         )
     unpredicted = sorted(set(refs) - set(preds))
     if unpredicted:
-        msg = f"{len(unpredicted)} label(s) in {labels_dir} have no prediction and are not scored: " + ", ".join(
+        msg = f"{len(unpredicted)} label(s) in {labels_dir} have no prediction in {pred_dir}: " + ", ".join(
             refs[c].name for c in unpredicted
         )
-        warnings.warn(msg, stacklevel=2)
+        if not allow_missing:
+            raise ValueError(msg + "; predict them, or pass --allow-missing to score the others (the unscored "
+                             "cases are then listed in summary.json)")
+        warnings.warn(msg + " (not scored; listed in summary.json)", stacklevel=2)
 
     domains = read_splits(splits_file, file_ending) if splits_file is not None else {}
     if label_names is None and (labels_dir.parent / "dataset.json").is_file():
@@ -320,7 +332,7 @@ def evaluate_folder(
     rows = [
         _row(case, domains.get(case, DEFAULT_DOMAIN), dice, hd, label_names, compute_hd95) for case, dice, hd in per_case
     ]
-    summary = summarize(rows, label_names)
+    summary = summarize(rows, label_names, unscored=unpredicted)
     csv_path, json_path = write_metrics(rows, summary, label_names, out_dir, compute_hd95, overwrite)
     log.info("wrote %s and %s\n%s", csv_path, json_path, format_table(summary))
     return summary

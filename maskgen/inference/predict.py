@@ -8,6 +8,7 @@ back onto the input's own voxel grid (shape, affine, orientation) before the arg
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import torch
 from monai.transforms import SpatialResample
 from tqdm.auto import tqdm
 
-from maskgen.data.preprocess import load_case
+from maskgen.data.preprocess import classes_to_label, load_case
+from maskgen.data.volumes import VOLUME_ENDINGS, image_like, load_volume, strip_ending, volume_ending
 from maskgen.inference.sliding import place_model, resolve_device, sliding_window_probs
 from maskgen.inference.tta import TTA
 from maskgen.io import OutputExistsError, atomic_write, atomic_write_json
@@ -25,19 +27,12 @@ from maskgen.training.config import TrainConfig
 from maskgen.training.trainer import build_extractor_from_config, build_method_from_config, load_checkpoint
 
 log = logging.getLogger("maskgen")
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
 def case_name(path: Path) -> str:
     """``case_0000.nii.gz`` -> ``case`` (nnU-Net channel suffix dropped); other names keep their stem."""
-    name = path.name
-    for end in NIFTI_ENDINGS:
-        if name.endswith(end):
-            name = name[: -len(end)]
-            break
-    if name.endswith("_0000"):
-        name = name[:-5]
-    return name
+    name = strip_ending(path)
+    return name[:-5] if name.endswith("_0000") else name
 
 
 def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -45,17 +40,55 @@ def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     for item in [inputs] if isinstance(inputs, (str, Path)) else inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.name.endswith(NIFTI_ENDINGS) and not q.name.startswith("."))
+            found = sorted(q for q in p.iterdir() if volume_ending(q) and not q.name.startswith(".") and q.is_file())
             if not found:
-                raise FileNotFoundError(f"{p}: folder holds no .nii/.nii.gz files")
+                raise FileNotFoundError(f"{p}: folder holds no {'/'.join(VOLUME_ENDINGS)} files")
             paths += found
         elif p.is_file():
-            if not p.name.endswith(NIFTI_ENDINGS):
-                raise ValueError(f"{p}: not a NIfTI file (.nii or .nii.gz expected)")
+            if not volume_ending(p):
+                raise ValueError(f"{p}: not a supported volume file ({', '.join(VOLUME_ENDINGS)} expected)")
             paths.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     return paths
+
+
+def check_input(path: Path) -> str | None:
+    """The problem that would stop ``path`` from being segmented, or None: checked for every input before
+    any mask is written, so a bad file in the middle never leaves half a prediction run behind."""
+    try:
+        img = load_volume(path)
+        data = np.asanyarray(img.dataobj)
+    except ValueError as e:
+        return str(e).split(": ", 1)[1]
+    except Exception as e:  # noqa: BLE001
+        return f"unreadable volume ({type(e).__name__}: {e})"
+    shape = data.shape[:3] if data.ndim == 4 and data.shape[3] == 1 else data.shape
+    if len(shape) != 3:
+        return f"expected a 3D image, got shape {data.shape}"
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        return "image contains NaN or infinite voxels"
+    return None
+
+
+def output_paths(paths: Sequence[Path], out_dir: Path, save_probabilities: bool) -> dict[Path, list[Path]]:
+    """Input -> the files its prediction writes (mask, probabilities); refuses collisions with any input."""
+    targets = {p: [out_dir / f"{case_name(p)}{volume_ending(p)}"] for p in paths}
+    if save_probabilities:
+        for p in paths:
+            targets[p].append(out_dir / "probabilities" / f"{case_name(p)}.nii.gz")
+    masks = [t[0].name for t in targets.values()]
+    dupes = sorted({n for n in masks if masks.count(n) > 1})
+    if dupes:
+        raise ValueError(f"several inputs would write the same output file: {dupes}")
+    inputs = {os.path.realpath(p) for p in paths}
+    onto_input = [t for ts in targets.values() for t in ts if os.path.realpath(t) in inputs]
+    if onto_input:
+        raise ValueError(
+            f"{onto_input[0]}: the prediction would replace this input scan ({len(onto_input)} output(s) would); "
+            "choose an --output folder other than the input folder"
+        )
+    return targets
 
 
 class Predictor:
@@ -96,11 +129,8 @@ class Predictor:
     def probabilities(self, path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
         """Class probabilities (C, X, Y, Z) on the input file's own voxel grid, and the input image."""
         path = Path(path)
-        try:
-            original = nib.load(str(path))
-            shape = original.shape
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"{path}: unreadable NIfTI file ({type(e).__name__}: {e})") from e
+        original = load_volume(path)
+        shape = original.shape
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
         if len(shape) != 3:
@@ -121,43 +151,49 @@ class Predictor:
 
     def predict_file(self, path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
         probs, original = self.probabilities(path)
-        labels = probs.argmax(0).astype(np.uint8 if probs.shape[0] < 256 else np.int16)
+        labels = classes_to_label(probs.argmax(0), self.cfg.channel_values())
         return labels, probs, original
 
     def predict_to_folder(self, inputs: Iterable[str | Path] | str | Path, output: str | Path,
                           overwrite: bool = False, save_probabilities: bool = False, progress: bool = True) -> list[Path]:
+        """Segment every input into ``output``; every input is checked first, and nothing is written
+        (not even the folder) when any input is bad, would be overwritten, or is itself a target."""
         paths = collect_inputs(inputs)
         out_dir = Path(output)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        targets = {p: out_dir / f"{case_name(p)}.nii.gz" for p in paths}
-        names = [t.name for t in targets.values()]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"several inputs would write the same output file: {dupes}")
-        existing = [t for t in targets.values() if t.exists()]
+        targets = output_paths(paths, out_dir, save_probabilities)
+        problems = [f"{p}: {why}" for p in tqdm(paths, desc="check inputs", disable=not progress, leave=False)
+                    if (why := check_input(p)) is not None]
+        if problems:
+            raise ValueError(f"{len(problems)} of {len(paths)} input(s) cannot be segmented; nothing was written:\n"
+                             + "\n".join(problems))
+        existing = [t for ts in targets.values() for t in ts if t.exists()]
         if existing and not overwrite:
             raise OutputExistsError(
-                f"{existing[0]}: prediction already exists ({len(existing)} of {len(targets)} outputs do); "
+                f"{existing[0]}: prediction already exists ({len(existing)} output file(s) do); "
                 "pass --overwrite to replace them or choose another --output"
             )
-        written = []
-        for p in tqdm(paths, desc="predict", disable=not progress):
-            labels, probs, original = self.predict_file(p)
-            written.append(write_mask(labels, original, targets[p]))
-            if save_probabilities:
-                written.append(write_probabilities(probs, original, out_dir / "probabilities" / f"{case_name(p)}.nii.gz"))
-        report = self.tta.report()
-        if report is not None:
-            written.append(atomic_write_json(out_dir / "tta.json", report))
+        created = not out_dir.exists()
+        written: list[Path] = []
+        try:
+            for p in tqdm(paths, desc="predict", disable=not progress):
+                labels, probs, original = self.predict_file(p)
+                written.append(write_mask(labels, original, targets[p][0]))
+                if save_probabilities:
+                    written.append(write_probabilities(probs, original, targets[p][1]))
+            report = self.tta.report()
+            if report is not None:
+                written.append(atomic_write_json(out_dir / "tta.json", report))
+        finally:
+            if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # a run that failed before its first mask leaves no empty folder
         return written
 
 
-def write_mask(labels: np.ndarray, like: nib.Nifti1Image, path: Path) -> Path:
-    header = like.header.copy()
-    header.set_data_dtype(labels.dtype)
-    img = nib.Nifti1Image(labels, like.affine, header)
-    img.set_qform(like.affine, code=int(like.header["qform_code"]) or 1)
-    img.set_sform(like.affine, code=int(like.header["sform_code"]) or 1)
+def write_mask(labels: np.ndarray, like, path: Path) -> Path:
+    """The mask on ``like``'s grid, in the format of ``path``'s ending (NIfTI or MGH), written atomically."""
+    import nibabel as nib
+
+    img = image_like(labels, like, path)
     return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
 
 

@@ -39,9 +39,18 @@ def build_method(name: str, **kwargs) -> Method:
 
 
 def method_hparams(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The method's hyper-parameters: declared defaults updated by ``overrides`` (unknown keys ignored)."""
+    """The method's hyper-parameters: declared defaults updated by ``overrides``.
+
+    A key the method does not declare is an error: silently dropping it would train something else
+    than what was asked for.
+    """
     cls = METHODS.lookup(name)
     hp = {k: v.default for k, v in cls.HPARAMS.items()}
+    unknown = sorted(k for k, v in (overrides or {}).items() if k not in hp and v is not None)
+    if unknown:
+        declared = ", ".join(sorted(hp)) or "none"
+        raise ValueError(f"method {name!r} has no hyper-parameter {', '.join(map(repr, unknown))} "
+                         f"(it declares: {declared})")
     for k, v in (overrides or {}).items():
         if k in hp and v is not None:
             hp[k] = v

@@ -1,7 +1,12 @@
-"""The resolved training configuration, saved as ``config.yaml`` in every run folder."""
+"""The resolved training configuration, saved as ``config.yaml`` in every run folder.
+
+Saved paths are absolute (so ``predict`` and ``--resume`` work from any directory) and the method's
+hyper-parameters are saved with their resolved values, defaults included.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,9 +48,58 @@ class TrainConfig:
     n_classes: int | None = None
     label_names: dict[str, int] | None = None
     feature_channels: int | None = None
+    #: label value of each network output channel (channel i predicts ``class_values[i]``); None in runs
+    #: saved before it existed, whose channels are the values 0..n_classes-1
+    class_values: list[int] | None = None
+
+    #: settings ``--resume`` may change; any other setting given on resume must match the saved run
+    RESUMABLE_CHANGES = ("steps", "device", "num_workers")
+    PATH_FIELDS = ("dataset", "out", "splits", "extractor_weights")
 
     def network_kwargs(self) -> dict[str, int]:
         return {"base_width": self.base_width, "n_poolings": self.n_poolings, "convs_per_level": self.convs_per_level}
+
+    def channel_values(self) -> list[int]:
+        """Label value written for each output channel."""
+        if self.class_values is not None:
+            return [int(v) for v in self.class_values]
+        return list(range(int(self.n_classes or 0)))
+
+    def with_absolute_paths(self) -> TrainConfig:
+        """Paths resolved against the current directory (``~`` expanded), so the saved run works from anywhere."""
+        for name in self.PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, os.path.abspath(os.path.expanduser(str(value))))
+        return self
+
+    def conflicts_with(self, saved: TrainConfig, given: set[str] | None = None) -> list[str]:
+        """Settings of ``self`` that differ from the ``saved`` run, as ``"name: saved -> new"``.
+
+        ``given`` limits the check to the settings the user gave (None: every setting). Settings left
+        at None (decided when the run starts) and those in ``RESUMABLE_CHANGES`` never conflict.
+        """
+        problems = []
+        filled_at_start = {"modality", "n_classes", "label_names", "feature_channels", "class_values"}
+        for f in fields(self):
+            name = f.name
+            if name in self.RESUMABLE_CHANGES or name in filled_at_start or (given is not None and name not in given):
+                continue
+            new, old = getattr(self, name), getattr(saved, name)
+            if name == "hparams":
+                for key, value in (new or {}).items():
+                    if value is not None and (old or {}).get(key) != value:
+                        problems.append(f"{key}: {(old or {}).get(key)!r} -> {value!r}")
+                continue
+            if new is None:
+                continue
+            if name in self.PATH_FIELDS and old is not None:
+                new, old = (os.path.abspath(os.path.expanduser(str(v))) for v in (new, old))
+            if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
+                new, old = list(new), None if old is None else list(old)
+            if new != old:
+                problems.append(f"{name}: {old!r} -> {new!r}")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,9 +111,23 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        data = yaml.safe_load(Path(path).read_text())
+        """Read a run's ``config.yaml``; any problem is a ValueError naming the file."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            brief = " ".join(str(e).split())[:200]
+            raise ValueError(f"{path}: unreadable run configuration ({type(e).__name__}: {brief})") from e
+        if not isinstance(data, dict):
+            what = "empty" if data is None else f"a {type(data).__name__}, not a mapping of settings"
+            raise ValueError(f"{path}: invalid run configuration: the file is {what}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{path}: unknown configuration keys {sorted(unknown)}")
+        missing = [f.name for f in fields(cls) if f.name in ("dataset", "out") and f.name not in data]
+        if missing:
+            raise ValueError(f"{path}: invalid run configuration: missing {', '.join(missing)}")
         return cls(**data)

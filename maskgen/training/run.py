@@ -9,8 +9,9 @@ from maskgen.training.trainer import Trainer
 
 
 def train_and_test(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, test: bool = True,
-                   progress: bool = True) -> dict[str, Any]:
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, progress=progress)
+                   progress: bool = True, given: set[str] | None = None) -> dict[str, Any]:
+    """``given``: the settings the user gave (checked against the saved run on ``resume``; None: all)."""
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, progress=progress, given=given)
     result = trainer.run()
     test_cases = [c for c in trainer.spec.split("test") if c.label is not None]
     if test and test_cases:

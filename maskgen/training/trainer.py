@@ -7,9 +7,12 @@ features when the method reads them, and asks the method for a loss.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,35 +85,75 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+#: what a start that ended before its first checkpoint leaves behind; such a folder never blocks a rerun
+FAILED_START_FILES = {"config.yaml", "train.log", "log.csv", "training_curves.png"}
+
+
+def is_restartable(run_dir: Path) -> bool:
+    """True for a missing folder or one holding only what a start without any checkpoint writes."""
+    if not run_dir.is_dir():
+        return True
+    return all(p.name in FAILED_START_FILES or (p.name.startswith(".") and p.name.endswith(".tmp"))
+               for p in run_dir.iterdir())
+
+
 def cosine_factor(step: int, total: int) -> float:
     """Per-step cosine decay from 1 to 0 over the whole run."""
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
+                 given: set[str] | None = None):
+        """``given``: the settings the user gave explicitly (the CLI's flags); on ``resume`` only those are
+        checked against the saved run. None checks every setting of ``cfg``."""
+        cfg = replace(cfg, hparams=dict(cfg.hparams)).with_absolute_paths()
         self.run_dir = Path(cfg.out)
         self.progress = progress
-        self.resume = resume
         cfg_path = self.run_dir / "config.yaml"
         latest = self.run_dir / "checkpoint_latest.pt"
-        if resume:
-            if not latest.is_file():
+        if resume and latest.is_file():
+            cfg = self._resumed_config(cfg, TrainConfig.load(cfg_path), given)
+        elif resume:
+            if not is_restartable(self.run_dir):
                 raise FileNotFoundError(f"{latest}: nothing to resume (no latest checkpoint in the run folder)")
-            saved = TrainConfig.load(cfg_path)
-            if cfg.steps != saved.steps:
-                log.info("resume: total steps changed from %d to %d", saved.steps, cfg.steps)
-                saved.steps = cfg.steps
-            saved.device = cfg.device
-            saved.num_workers = cfg.num_workers
-            cfg = saved
+            log.warning("%s: no checkpoint to resume from (the earlier start ended before its first one); "
+                        "starting from step 0", self.run_dir)
+            resume = False
         elif self.run_dir.exists() and any(self.run_dir.iterdir()) and not overwrite:
-            raise OutputExistsError(
-                f"{self.run_dir}: run folder already exists and is not empty; use --resume to continue it, "
-                "--overwrite to start again, or choose another --out"
-            )
+            if not is_restartable(self.run_dir):
+                raise OutputExistsError(
+                    f"{self.run_dir}: run folder already exists and is not empty; use --resume to continue it, "
+                    "--overwrite to start again, or choose another --out"
+                )
+            log.info("%s: an earlier start left no checkpoint; starting again", self.run_dir)
+        self.resume = resume
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+
+    def _resumed_config(self, cfg: TrainConfig, saved: TrainConfig, given: set[str] | None) -> TrainConfig:
+        """The saved run's configuration with what resume may change; any other difference is refused."""
+        cfg_path = self.run_dir / "config.yaml"
+        if given is None or "dataset" in given:
+            moved = not Path(saved.dataset).is_dir()
+            if os.path.abspath(saved.dataset) != cfg.dataset and not moved:
+                raise ValueError(f"{cfg_path}: the run was trained on {saved.dataset}, not {cfg.dataset}; "
+                                 "--resume continues the same run (use another --out for a new one)")
+            if moved:
+                saved.dataset = cfg.dataset
+        checked = None if given is None else set(given) - {"dataset", "out"}
+        conflicts = replace(cfg, dataset=saved.dataset, out=saved.out).conflicts_with(saved, checked)
+        if conflicts:
+            raise ValueError(
+                f"{cfg_path}: --resume cannot change the run's settings ({'; '.join(conflicts)}); only "
+                f"{', '.join('--' + k.replace('_', '-') for k in TrainConfig.RESUMABLE_CHANGES)} may change. "
+                "Drop those flags to continue the run as it was, or start a new run with another --out"
+            )
+        if cfg.steps != saved.steps:
+            log.info("resume: total steps changed from %d to %d", saved.steps, cfg.steps)
+        for name in TrainConfig.RESUMABLE_CHANGES:
+            setattr(saved, name, getattr(cfg, name))
+        return saved
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -129,6 +172,11 @@ class Trainer:
         cfg.modality = self.spec.modality
         cfg.n_classes = self.spec.n_classes
         cfg.label_names = dict(self.spec.labels)
+        if cfg.class_values is None:
+            cfg.class_values = self.spec.class_values
+        elif list(cfg.class_values) != self.spec.class_values:
+            raise ValueError(f"{cfg.dataset}: dataset.json now declares label values {self.spec.class_values}, "
+                             f"the run was started with {cfg.class_values}")
         if cfg.spacing is None:
             cfg.spacing = list(median_spacing([c.image for c in train_cases]))
         self.extractor = build_extractor_from_config(cfg)
@@ -136,15 +184,16 @@ class Trainer:
         if self.extractor is not None:
             self.extractor.to(self.device)
         self.train_vols = [
-            load_case(c.image, c.label, cfg.spacing, cfg.modality)
+            load_case(c.image, c.label, cfg.spacing, cfg.modality, cfg.class_values)
             for c in tqdm(train_cases, desc="load train", disable=not self.progress, leave=False)
         ]
         self.val_cases = val_cases
         self.val_vols = [
-            load_case(c.image, c.label, cfg.spacing, cfg.modality)
+            load_case(c.image, c.label, cfg.spacing, cfg.modality, cfg.class_values)
             for c in tqdm(val_cases, desc="load val", disable=not self.progress, leave=False)
         ]
         self.method = place_model(build_method_from_config(cfg, self.extractor), self.device)
+        cfg.hparams = dict(self.method.hparams)  # config.yaml records every resolved value, defaults included
         cfg.patch_size = self._resolve_patch(cfg.patch_size)
         if not self.resume:
             self._discard_previous_run()
@@ -212,13 +261,28 @@ class Trainer:
         log.info("resumed from step %d (best val Dice %.4f at step %d)", self.step, self.best_dice, self.best_step)
 
     def _truncate_log(self, step: int) -> None:
+        """Keep the log rows up to the checkpoint's step: each step exactly once, whatever a kill left.
+
+        A run killed mid-write can leave a partial last row, and steps after the checkpoint are trained
+        again; both are dropped so the resumed run appends each step once.
+        """
         path = self.run_dir / "log.csv"
         if not path.exists():
             return
-        with path.open() as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        lines = [",".join(LOG_FIELDS)] + [",".join(r.get(k, "") for k in LOG_FIELDS) for r in rows]
-        atomic_write_text(path, "\n".join(lines) + "\n")
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        header = rows[0] if rows and rows[0][: len(LOG_FIELDS)] == LOG_FIELDS else list(LOG_FIELDS)
+        kept, last = [], 0
+        for row in rows[1:]:
+            if len(row) != len(header) or not row[0].isdigit():
+                continue
+            s = int(row[0])
+            if last < s <= step:
+                kept.append(row)
+                last = s
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([header, *kept])
+        atomic_write_text(path, buf.getvalue())
 
     # -------------------------------------------------------------- validation
     def validate(self) -> float:
@@ -264,11 +328,12 @@ class Trainer:
             worker_init_fn=_single_thread_worker,
         )
         log_path = self.run_dir / "log.csv"
-        new_log = not self.resume or not log_path.exists()  # a fresh (or --overwrite) run starts a fresh log
-        logf = log_path.open("a" if not new_log else "w", newline="")
-        writer = csv.writer(logf)
-        if new_log:
-            writer.writerow(LOG_FIELDS)
+        columns: list[str] | None = None  # LOG_FIELDS, then the method's diagnostics (fixed at the first step)
+        if self.resume and log_path.exists():
+            with log_path.open(newline="") as f:
+                columns = next(csv.reader(f), None) or None
+        logf = log_path.open("a" if columns else "w", newline="")
+        writer = csv.writer(logf, lineterminator="\n")
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", disable=not self.progress)
         self.method.train()
         it = iter(loader)
@@ -281,7 +346,7 @@ class Trainer:
                 target = batch["label"].to(self.device, non_blocking=True).long()
                 feats = self.extractor(image) if self.extractor is not None and self.method.uses_features else None
                 with autocast(self.device, cfg.amp):
-                    loss, _ = self.method.training_loss(image, feats, target, self.criterion)
+                    loss, diagnostics = self.method.training_loss(image, feats, target, self.criterion)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -290,22 +355,31 @@ class Trainer:
                 loss_v = float(loss.detach())
                 if not math.isfinite(loss_v):
                     raise FloatingPointError(f"loss became {loss_v} at step {self.step}; lower --lr or check the data")
-                val = ""
-                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                val, improved = "", False
+                checkpoint_now = self.step % cfg.val_every == 0 or self.step == cfg.steps
+                if checkpoint_now:
                     last_val = self.validate()
                     val = f"{last_val:.5f}"
                     improved = not math.isnan(last_val) and last_val > self.best_dice
                     if improved or not self.val_vols:
                         self.best_dice, self.best_step = (last_val if improved else self.best_dice), self.step
+                if columns is None:
+                    columns = LOG_FIELDS + sorted(diagnostics)
+                    writer.writerow(columns)
+                row = {"step": self.step, "loss": f"{loss_v:.6f}", "lr": f"{self.scheduler.get_last_lr()[0]:.3e}",
+                       "val_dice": val, "seconds": f"{time.perf_counter() - t0:.4f}",
+                       **{k: f"{float(v):.6g}" for k, v in diagnostics.items()}}
+                writer.writerow([row.get(k, "") for k in columns])
+                logf.flush()
+                # the step's row is on disk before the checkpoint that claims it, so a kill in between
+                # never loses a row (resume drops rows after its checkpoint instead)
+                if checkpoint_now:
                     ckpt = self._checkpoint()
                     if improved or not self.val_vols:
                         atomic_torch_save(ckpt, self.run_dir / "checkpoint_best.pt")
                     atomic_torch_save(ckpt, self.run_dir / "checkpoint_latest.pt")
                     log.info("step %d loss %.4f val Dice %.4f (best %.4f @ %d)", self.step, loss_v, last_val,
                              self.best_dice, self.best_step)
-                writer.writerow([self.step, f"{loss_v:.6f}", f"{self.scheduler.get_last_lr()[0]:.3e}", val,
-                                 f"{time.perf_counter() - t0:.4f}"])
-                logf.flush()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_v:.3f}", val=f"{last_val:.3f}", best=f"{self.best_dice:.3f}")
         finally:

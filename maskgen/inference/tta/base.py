@@ -141,19 +141,18 @@ def validation_volumes(predictor: Predictor) -> list[dict[str, Any]]:
         raise ValueError(f"{cfg.dataset}: the run has no labelled validation cases to tune on")
     vols = []
     for c in cases:
-        v = load_case(c.image, c.label, cfg.spacing, cfg.modality or "MR")
+        v = load_case(c.image, c.label, cfg.spacing, cfg.modality or "MR", cfg.class_values)
         vols.append({"case": c.case_id, "image": v["image"].as_tensor(), "label": v["label"].as_tensor()[0]})
     return vols
 
 
 def load_stable(predictor: Predictor, stable_run: str | Path) -> Predictor:
     """The features-only ("stable") run, loaded like the main run and checked to be combinable with it."""
-    from maskgen.inference.predict import Predictor
-
-    stable = Predictor(stable_run, checkpoint=predictor.checkpoint, device=str(predictor.device))
-    if stable.cfg.n_classes != predictor.cfg.n_classes:
-        raise ValueError(f"--stable-run {stable_run} predicts {stable.cfg.n_classes} classes but --run "
-                         f"{predictor.run_dir} predicts {predictor.cfg.n_classes}")
+    # built by the predictor's own class, so adaptations never import the predictor (imports only go down)
+    stable = type(predictor)(stable_run, checkpoint=predictor.checkpoint, device=str(predictor.device))
+    if stable.cfg.channel_values() != predictor.cfg.channel_values():
+        raise ValueError(f"--stable-run {stable_run} predicts label values {stable.cfg.channel_values()} but --run "
+                         f"{predictor.run_dir} predicts {predictor.cfg.channel_values()}")
     if stable.cfg.method != "reps_only":
         log.warning("--stable-run %s was trained with method %r, not the features-only 'reps_only'",
                     stable_run, stable.cfg.method)

@@ -1,0 +1,95 @@
+"""The dataset contract shared by training, evaluation, the phantom and the analyses: cases, splits, errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {
+    "train": "train", "tr": "train", "training": "train",
+    "val": "val", "validation": "val", "valid": "val",
+    "test": "test", "ts": "test", "testing": "test",
+}  # fmt: skip
+# (images folder, labels folder, split implied by the folder)
+
+
+class DatasetError(ValueError):
+    """A dataset that must not be trained on; ``.problems`` holds every ``"<path>: <problem>"`` found.
+
+    All problems are collected before raising so that a user fixes the dataset in one pass rather
+    than one error per run.
+    """
+
+    def __init__(self, problems: list[str] | str, root: str | Path | None = None):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.root = None if root is None else Path(root)
+        # Both in args so the error survives pickling (e.g. raised in a DataLoader worker).
+        super().__init__(self.problems, self.root)
+
+    def __str__(self) -> str:
+        n = len(self.problems)
+        where = f" {self.root}" if self.root is not None else ""
+        header = f"invalid nnU-Net dataset{where}: {n} problem{'' if n == 1 else 's'}"
+        return "\n".join([header, *self.problems])
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image (single channel) with its optional label and where it belongs."""
+
+    case_id: str
+    image: Path  # path of the single channel file <case>_0000<file_ending>
+    label: Path | None  # None only for test cases without labels
+    split: str  # "train" | "val" | "test"
+    domain: str  # from the split file; else "source" for train/val and "test" for test cases
+    subject: str  # from the split file's optional subject column; else == case_id
+
+
+@dataclass
+class DatasetSpec:
+    """A validated dataset: its description from dataset.json plus the resolved list of cases."""
+
+    root: Path
+    name: str
+    channel_names: dict[str, str]
+    labels: dict[str, int]
+    file_ending: str
+    cases: list[Case]
+
+    def split(self, name: str) -> list[Case]:
+        """Cases of one split ("train", "val", "test"; the split-file aliases are accepted)."""
+        key = SPLIT_ALIASES.get(str(name).strip().lower())
+        if key is None:
+            raise ValueError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}")
+        return [c for c in self.cases if c.split == key]
+
+    @property
+    def class_values(self) -> list[int]:
+        """The declared label values, ascending: network output channel ``i`` predicts ``class_values[i]``."""
+        return sorted(int(v) for v in self.labels.values())
+
+    @property
+    def n_classes(self) -> int:
+        """Number of output channels a segmentation network needs: one per declared label value."""
+        return len(self.labels)
+
+    @property
+    def modality(self) -> str:
+        """CT (fixed Hounsfield intensity range) or MR (anything else: needs per-image normalisation)."""
+        return "CT" if str(self.channel_names.get("0", "")).strip().lower() == "ct" else "MR"
+
+    @property
+    def domains(self) -> dict[str, list[str]]:
+        """Split -> sorted unique domains; every split is present (possibly empty) so lookups never fail."""
+        return {s: sorted({c.domain for c in self.cases if c.split == s}) for s in SPLITS}
+
+
+def default_domain(split: str) -> str:
+    """Domain of a case whose split file names none: ``test`` for test cases, ``source`` otherwise."""
+    return "test" if split == "test" else "source"
+
+
+def brief(e: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
