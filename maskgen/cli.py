@@ -30,7 +30,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="maskgen", choices=sorted(METHODS), help="training method (default maskgen)")
     p.add_argument("--extractor", default="mind", choices=sorted(k for k in EXTRACTORS if k != "none"),
                    help="frozen stable feature extractor (default mind: weight-free MIND-SSC, the offline one that measured best out of domain, docs/results.md)")
-    p.add_argument("--extractor-weights", default=None, help="weights file for extractors that need one (anatomix.pth)")
+    p.add_argument("--extractor-weights", default=None,
+                   help="weights file for extractors that need one (anatomix.pth). Weights load with "
+                        "weights_only=True, but --extractor torchscript runs the file's own code when it loads: "
+                        "use trusted files only")
     p.add_argument("--extractor-layer", default=None, help="extractor layer (anatomix: penultimate|final|INDEX)")
     p.add_argument("--steps", type=int, default=250_000, help="training steps (paper: 250000 all-data, 40000 few-shot)")
     p.add_argument("--batch-size", type=int, default=4)

@@ -60,6 +60,7 @@ def test_every_method_trains_and_predicts(name):
     loss, logs = m.training_loss(image, feats, target, _criterion())
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert isinstance(logs, dict)
+    assert set(logs) <= set(cls.DIAGNOSTICS), f"{name} returns undeclared diagnostics {set(logs) - set(cls.DIAGNOSTICS)}"
     loss.backward()
     grads = [p.grad for p in m.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)

@@ -40,9 +40,9 @@ def _check_case(case: Case, declared: set[int], declared_text: str, seen: set[in
     image, image_affine, problem = _load_3d(case.image)
     if problem:
         problems.append(f"{case.image}: {problem}")
-    elif image.size and seen is not None and np.ptp(image) == 0:
-        warnings.warn(f"{case.image}: training image is constant (every voxel {image.flat[0]!r}); "
-                      "it carries no signal to learn from", stacklevel=4)
+    elif image.size and image.min() == image.max():
+        warnings.warn(f"{case.image}: {case.split} image is constant (every voxel {image.flat[0]!r}); "
+                      "it carries no signal", stacklevel=4)
     if problem is None and (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.complexfloating)):
         n_nan = int(np.count_nonzero(np.isnan(image)))
         n_inf = int(np.count_nonzero(np.isinf(image)))

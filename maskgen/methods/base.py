@@ -67,6 +67,8 @@ class Method(nn.Module):
     #: fine-tune its network? The trainer then builds the extractor even when features are not read.
     needs_extractor: bool = False
     HPARAMS: dict[str, HParam] = {}
+    #: names of the diagnostics ``training_loss`` may return; the trainer logs them as ``log.csv`` columns
+    DIAGNOSTICS: tuple[str, ...] = ()
 
     def __init__(
         self,

@@ -126,6 +126,7 @@ def bezier_augment(image: torch.Tensor, apply: torch.Tensor, decreasing: torch.T
 @register_method("dsbn")
 class DSBN(Method):
     uses_features = False
+    DIAGNOSTICS = ('dsbn_branch1',)
     HPARAMS = {
         "dsbn_prob": HParam(0.5, "probability of a random Bezier intensity curve on each training sample "
                                  "(DSBN; paper: tuned)"),

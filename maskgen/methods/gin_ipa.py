@@ -94,6 +94,7 @@ def consistency_kl(logits: Sequence[torch.Tensor]) -> torch.Tensor:
 @register_method("gin_ipa")
 class GINIPA(Method):
     uses_features = False
+    DIAGNOSTICS = ('seg_loss', 'consistency_kl')
     HPARAMS = {
         "consistency_weight": HParam(10.0, "GIN+IPA weight of the KL consistency loss (Ouyang et al.: 10; "
                                            "paper swept 1, 10, 20)"),

@@ -26,6 +26,7 @@ def mix(x: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:
 @register_method("mixup")
 class MixUp(Method):
     uses_features = False
+    DIAGNOSTICS = ('mixup_lam',)
     HPARAMS = {
         "mixup_prob": HParam(0.5, "probability of mixing a training batch (paper: tuned on validation)"),
         "mixup_alpha": HParam(0.4, "MixUp interpolation lam ~ Beta(alpha, alpha) (Zhang et al.: 0.1-0.4)"),

@@ -54,6 +54,7 @@ def rsc_mask(grad: torch.Tensor, percent: float, mode: str) -> torch.Tensor:
 @register_method("rsc")
 class RSC(Method):
     uses_features = False
+    DIAGNOSTICS = ('rsc_muted',)
     HPARAMS = {
         "rsc_prob": HParam(0.5, "probability of the RSC self-challenge on a training batch (paper: tuned)"),
         "rsc_percent": HParam(0.2, "RSC: fraction of deepest-encoder positions/channels muted (paper: 0.2)"),

@@ -149,10 +149,11 @@ class Trainer:
                 f"{', '.join('--' + k.replace('_', '-') for k in TrainConfig.RESUMABLE_CHANGES)} may change. "
                 "Drop those flags to continue the run as it was, or start a new run with another --out"
             )
-        if cfg.steps != saved.steps:
-            log.info("resume: total steps changed from %d to %d", saved.steps, cfg.steps)
         for name in TrainConfig.RESUMABLE_CHANGES:
-            setattr(saved, name, getattr(cfg, name))
+            if given is None or name in given:  # a setting not given keeps its saved value
+                if getattr(cfg, name) != getattr(saved, name):
+                    log.info("resume: %s changed from %s to %s", name, getattr(saved, name), getattr(cfg, name))
+                setattr(saved, name, getattr(cfg, name))
         return saved
 
     # ------------------------------------------------------------------ setup
@@ -328,7 +329,7 @@ class Trainer:
             worker_init_fn=_single_thread_worker,
         )
         log_path = self.run_dir / "log.csv"
-        columns: list[str] | None = None  # LOG_FIELDS, then the method's diagnostics (fixed at the first step)
+        columns: list[str] | None = None  # LOG_FIELDS, then the diagnostics the method declares
         if self.resume and log_path.exists():
             with log_path.open(newline="") as f:
                 columns = next(csv.reader(f), None) or None
@@ -364,7 +365,7 @@ class Trainer:
                     if improved or not self.val_vols:
                         self.best_dice, self.best_step = (last_val if improved else self.best_dice), self.step
                 if columns is None:
-                    columns = LOG_FIELDS + sorted(diagnostics)
+                    columns = LOG_FIELDS + list(self.method.DIAGNOSTICS)
                     writer.writerow(columns)
                 row = {"step": self.step, "loss": f"{loss_v:.6f}", "lr": f"{self.scheduler.get_last_lr()[0]:.3e}",
                        "val_dice": val, "seconds": f"{time.perf_counter() - t0:.4f}",

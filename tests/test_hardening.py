@@ -1,0 +1,315 @@
+"""The defects found by trying maskgen as a new user would: each test reproduces one (numbered as in the issue)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import affine, write_dataset
+
+from maskgen.cli import main
+from maskgen.data.nnunet import load_dataset
+from maskgen.data.preprocess import classes_to_label, label_to_classes, load_case
+from maskgen.inference.predict import Predictor
+from maskgen.io import atomic_torch_save, atomic_write_text
+from maskgen.training.config import TrainConfig
+from maskgen.training.run import train_and_test
+from maskgen.training.trainer import load_checkpoint
+
+TINY = ["--steps", "2", "--val-every", "2", "--batch-size", "2", "--patch-size", "16", "16", "16", "--base-width", "2",
+        "--n-poolings", "2", "--num-workers", "0", "--device", "cpu"]
+
+
+def _cfg(dataset, out, method="erm", steps=2, **kw):
+    base = dict(dataset=str(dataset), out=str(out), method=method, steps=steps, batch_size=2, patch_size=[16, 16, 16],
+                val_every=2, base_width=2, n_poolings=2, convs_per_level=1, num_workers=0, device="cpu", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------- 1. label values
+def _relabel(root: Path, mapping: dict[int, int], labels: dict[str, int]) -> Path:
+    for lab_dir in root.glob("labels*"):
+        for p in lab_dir.iterdir():
+            img = nib.load(p)
+            old = np.asarray(img.dataobj).astype(np.int32)
+            new = np.zeros_like(old)
+            for a, b in mapping.items():
+                new[old == a] = b
+            nib.save(nib.Nifti1Image(new.astype(np.int16), img.affine), p)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"] = labels
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_label_values_256_and_above_stay_exact(tmp_path):
+    ds = _relabel(write_dataset(tmp_path / "ds"), {1: 256, 2: 300}, {"background": 0, "wm": 256, "gm": 300})
+    spec = load_dataset(ds)
+    assert spec.class_values == [0, 256, 300] and spec.n_classes == 3
+    case = spec.split("train")[0]
+    raw = np.asarray(nib.load(case.label).dataobj)
+    lab = load_case(case.image, case.label, None, "MR", spec.class_values)["label"]
+    # each declared value becomes its own class index; nothing wraps to background or to 44
+    assert sorted(torch.unique(lab.as_tensor()).tolist()) == [0, 1, 2]
+    assert int((lab.as_tensor() == 1).sum()) == int((raw == 256).sum())
+    assert int((lab.as_tensor() == 2).sum()) == int((raw == 300).sum())
+
+    run = tmp_path / "run"
+    res = train_and_test(_cfg(ds, run, spacing=None), progress=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["class_values"] == [0, 256, 300] and cfg["n_classes"] == 3
+    assert set(res["test_summary"]["label_names"]) == {"wm", "gm"}
+    out = tmp_path / "pred"
+    assert main(["predict", "--run", str(run), "--input", str(ds / "imagesTs"), "--output", str(out)]) == 0
+    for mask in out.iterdir():
+        values = set(np.unique(np.asarray(nib.load(mask).dataobj)).tolist())
+        assert values <= {0, 256, 300}, (mask, values)
+
+
+def test_label_mapping_round_trip_and_undeclared_values_refused():
+    values = [0, 2, 41, 2035]
+    lab = torch.tensor([[0, 2, 41], [2035, 2035, 0]], dtype=torch.float32)
+    classes = label_to_classes(lab, values, "x.nii.gz")
+    assert classes.tolist() == [[0, 1, 2], [3, 3, 0]]
+    back = classes_to_label(classes.numpy(), values)
+    assert back.tolist() == lab.int().tolist() and back.dtype == np.uint16
+    with pytest.raises(ValueError, match=r"x\.nii\.gz: label values \[7\] are not declared"):
+        label_to_classes(torch.tensor([0.0, 7.0]), values, "x.nii.gz")
+
+
+# ------------------------------------------------------------------------------ 2, 3. predict writes safely
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    ds = write_dataset(root / "ds")
+    run = root / "run"
+    train_and_test(_cfg(ds, run, spacing=[2.0, 2.0, 2.0]), test=False, progress=False)
+    return ds, run
+
+
+def test_predict_never_writes_onto_an_input(trained_run, tmp_path, capsys):
+    ds, run = trained_run
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i, src in enumerate(sorted((ds / "imagesTs").iterdir())):
+        (scans / f"scan{i}.nii.gz").write_bytes(src.read_bytes())  # not named _0000: maps onto itself
+    before = _digest(scans)
+    for extra in ([], ["--overwrite"]):
+        code = main(["predict", "--run", str(run), "--input", str(scans), "--output", str(scans), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "would replace this input scan" in err and "--overwrite" not in err
+        assert _digest(scans) == before
+
+
+def test_predict_checks_every_input_before_writing_anything(trained_run, tmp_path, capsys):
+    ds, run = trained_run
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    srcs = sorted((ds / "imagesTs").iterdir())
+    (scans / "a_0000.nii.gz").write_bytes(srcs[0].read_bytes())
+    (scans / "b_0000.nii.gz").write_bytes(b"not a volume")  # sorts in the middle
+    (scans / "c_0000.nii.gz").write_bytes(srcs[1].read_bytes())
+    out = tmp_path / "masks"
+    assert main(["predict", "--run", str(run), "--input", str(scans), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "b_0000.nii.gz" in err and "nothing was written" in err
+    assert not out.exists()  # no mask, and not even an empty folder
+    (scans / "b_0000.nii.gz").unlink()
+    assert main(["predict", "--run", str(run), "--input", str(scans), "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "c.nii.gz"]
+
+
+# ---------------------------------------------------------------------------------- 4, 5. resume and restart
+def test_resume_refuses_conflicting_settings_and_names_each(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_dataset), "--out", str(run), "--no-test", "--lr", "1e-3", *TINY]) == 0
+    saved = (run / "config.yaml").read_text()
+    base = ["train", str(tiny_dataset), "--out", str(run), "--no-test", "--resume"]
+    for flags, named in ((["--method", "erm"], "method"), (["--lr", "2e-4"], "lr"),  # 2e-4 is the default
+                         (["--base-width", "4", "--seed", "3"], "base_width"), (["--mask-rate", "0.25"], "mask_rate")):
+        assert main([*base, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert "--resume cannot change" in err and named in err, err
+        if flags[0] == "--base-width":
+            assert "seed" in err  # every conflicting setting is named
+    assert (run / "config.yaml").read_text() == saved
+    # a setting not given keeps its saved value (not the flag's default: --steps stays 2, not 250000)
+    assert main(base) == 0
+    assert load_checkpoint(run / "checkpoint_latest.pt")["step"] == 2
+    # steps, device and workers may change; repeating a saved value is no conflict
+    assert main([*base, "--steps", "4", "--device", "cpu", "--num-workers", "0", "--lr", "1e-3"]) == 0
+    assert load_checkpoint(run / "checkpoint_latest.pt")["step"] == 4
+
+
+def test_a_start_without_checkpoint_never_blocks_a_rerun(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    bad = ["train", str(tiny_dataset), "--out", str(run), "--method", "maskgen", "--extractor", "anatomix",
+           "--extractor-weights", str(tmp_path / "missing.pth"), *TINY]
+    assert main(bad) == 2
+    assert "missing.pth" in capsys.readouterr().err
+    assert run.is_dir() and not (run / "checkpoint_latest.pt").exists()
+    good = ["train", str(tiny_dataset), "--out", str(run), "--no-test", *TINY]
+    assert main(good) == 0  # not "use --resume"
+    assert load_checkpoint(run / "checkpoint_latest.pt")["step"] == 2
+    # --resume on a folder whose start left no checkpoint starts from step 0 instead of refusing
+    for name in ("checkpoint_latest.pt", "checkpoint_best.pt"):
+        (run / name).unlink()
+    assert main([*good, "--resume"]) == 0
+    assert load_checkpoint(run / "checkpoint_latest.pt")["step"] == 2
+    # a folder with anything else in it is still protected
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    assert main(["train", str(tiny_dataset), "--out", str(tmp_path / "other"), *TINY]) == 2
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
+
+
+# ------------------------------------------------------------------------------------- 6, 7. file formats
+def _convert(root: Path, ending: str) -> Path:
+    for p in root.rglob("*.nii.gz"):
+        img = nib.load(p)
+        data = np.asarray(img.dataobj)
+        target = p.with_name(p.name[: -len(".nii.gz")] + ending)
+        if ending in (".mgz", ".mgh"):
+            nib.save(nib.MGHImage(data.astype(np.float32 if data.dtype.kind == "f" else np.int32), img.affine), target)
+        else:
+            nib.save(nib.Nifti1Image(data, img.affine), target)
+        p.unlink()
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["file_ending"] = ending
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize("ending", [".mgz", ".nii"])
+def test_every_accepted_format_trains_predicts_and_evaluates(tmp_path, ending):
+    ds = _convert(write_dataset(tmp_path / "ds", n_train=3, n_val=1, n_test=2), ending)
+    run = tmp_path / "run"
+    res = train_and_test(_cfg(ds, run, spacing=[2.0, 2.0, 2.0]), progress=False)
+    assert res["test_summary"]["n_cases"] == 2
+    out = tmp_path / "pred"
+    assert main(["predict", "--run", str(run), "--input", str(ds / "imagesTs"), "--output", str(out)]) == 0
+    for src in sorted((ds / "imagesTs").iterdir()):
+        mask_path = out / src.name.replace("_0000", "")
+        assert mask_path.is_file()  # written in the input's own format
+        mask, inp = nib.load(mask_path), nib.load(src)
+        assert mask.shape == inp.shape
+        np.testing.assert_allclose(mask.affine, inp.affine, atol=1e-4)
+    # evaluate takes the dataset's file ending (dataset.json next to the labels)
+    assert main(["evaluate", "--pred", str(out), "--labels", str(ds / "labelsTs"), "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n_cases"] == 2
+
+
+def test_evaluate_missing_predictions_is_an_error_naming_them(trained_run, tmp_path, capsys):
+    ds, run = trained_run
+    out = tmp_path / "pred"
+    one = sorted((ds / "imagesTs").iterdir())[0]
+    assert main(["predict", "--run", str(run), "--input", str(one), "--output", str(out)]) == 0
+    assert main(["evaluate", "--pred", str(out), "--labels", str(ds / "labelsTs")]) == 2
+    assert "casets01.nii.gz" in capsys.readouterr().err
+    assert main(["evaluate", "--pred", str(out), "--labels", str(ds / "labelsTs"), "--allow-missing"]) == 0
+    assert json.loads((out / "summary.json").read_text())["unscored_cases"] == ["casets01"]
+
+
+# ------------------------------------------------------------------------------------ 9, 10. configuration
+@pytest.mark.parametrize("text, what", [("", "empty"), ("method: [erm\n", "unreadable"), ("- 1\n", "list")])
+def test_corrupt_config_names_the_file(trained_run, tmp_path, text, what):
+    _, run = trained_run
+    broken = tmp_path / "run"
+    broken.mkdir()
+    (broken / "checkpoint_best.pt").write_bytes((run / "checkpoint_best.pt").read_bytes())
+    (broken / "config.yaml").write_text(text)
+    with pytest.raises(ValueError, match=rf"{broken / 'config.yaml'}.*{what}"):
+        Predictor(broken)
+
+
+def test_config_records_absolute_paths_and_resolved_hyperparameters(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_dataset.parent)
+    train_and_test(_cfg(tiny_dataset.name, "run", method="maskgen"), test=False, progress=False)
+    cfg = yaml.safe_load((tiny_dataset.parent / "run" / "config.yaml").read_text())
+    assert cfg["dataset"] == str(tiny_dataset) and cfg["out"] == str(tiny_dataset.parent / "run")
+    assert cfg["hparams"] == {"mask_rate": 0.5, "mask_mode": "rescale"}  # defaults recorded, not omitted
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    train_and_test(_cfg(tiny_dataset, tiny_dataset.parent / "run", method="maskgen", steps=4), resume=True,
+                   test=False, progress=False)
+    Predictor(tiny_dataset.parent / "run")
+
+
+def test_unknown_hyperparameter_is_refused(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="method 'erm' has no hyper-parameter 'mask_rate'"):
+        train_and_test(_cfg(tiny_dataset, tmp_path / "run", hparams={"mask_rate": 0.3}), progress=False)
+    (tmp_path / "cfg.yaml").write_text("dataset: x\nout: y\nbogus: 1\n")
+    with pytest.raises(ValueError, match="unknown configuration keys"):
+        TrainConfig.load(tmp_path / "cfg.yaml")
+
+
+def test_method_diagnostics_are_logged(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train_and_test(_cfg(tiny_dataset, run, method="mixup", hparams={"mixup_prob": 1.0}), test=False, progress=False)
+    header = (run / "log.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["step", "loss", "lr", "val_dice", "seconds"] and "mixup_lam" in header
+    rows = [r.split(",") for r in (run / "log.csv").read_text().splitlines()[1:]]
+    assert all(0.0 <= float(r[header.index("mixup_lam")]) <= 1.0 for r in rows)
+
+
+# -------------------------------------------------------------------------------------- 11. file modes
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        p = atomic_write_text(tmp_path / "a.txt", "x")
+        q = atomic_torch_save({"a": 1}, tmp_path / "c.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == mode and stat.S_IMODE(q.stat().st_mode) == mode
+
+
+# ----------------------------------------------------------------------------------------- 12. warnings
+def test_constant_image_and_unlearnable_class_warn(tmp_path):
+    ds = write_dataset(tmp_path / "ds", n_train=2, n_val=0, n_test=0)
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["labels"]["tumour"] = 3
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    first = sorted((ds / "imagesTr").iterdir())[0]
+    nib.save(nib.Nifti1Image(np.zeros((22, 20, 14), np.float32), affine()), first)
+    with pytest.warns(UserWarning) as record:
+        load_dataset(ds)
+    text = "\n".join(str(w.message) for w in record)
+    assert f"{first}: " in text and "image is constant" in text
+    assert "tumour=3" in text and "no training label" in text
+
+
+# ------------------------------------------------------------------------------------- 13. durability
+def test_checkpoints_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    import maskgen.io as io_mod
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(io_mod.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(io_mod.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    atomic_torch_save({"w": torch.ones(3)}, tmp_path / "checkpoint_latest.pt")
+    assert events[:2] == ["fsync", "replace"]  # the data, then the rename (then the folder)
+    assert torch.load(tmp_path / "checkpoint_latest.pt", weights_only=True)["w"].sum() == 3
+
+
+def test_torchscript_extractor_is_documented_as_trusted_only(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "torchscript" in help_text and "trusted" in help_text
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "torchscript" in readme and "trusted" in readme
