@@ -169,6 +169,8 @@ class Trainer:
             raise ValueError(f"{cfg.dataset}: no training cases")
         # the run folder is created only once the dataset has passed its checks
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.run_dir.glob(".*.tmp"):  # what a kill during an atomic write left behind
+            stale.unlink(missing_ok=True)
         _attach_file_log(self.run_dir / "train.log")
         cfg.modality = self.spec.modality
         cfg.n_classes = self.spec.n_classes
