@@ -15,8 +15,9 @@ import time
 import torch
 from monai.losses import DiceCELoss
 
-from maskgen.inference.sliding import place_model, resolve_device, sliding_window_probs
+from maskgen.device import place_model, resolve_device
 from maskgen.methods import build_method
+from maskgen.runtime.sliding import sliding_window_probs
 
 
 def main() -> None:

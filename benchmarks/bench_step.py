@@ -19,9 +19,10 @@ import time
 import torch
 from monai.losses import DiceCELoss
 
+from maskgen.device import place_model, resolve_device
 from maskgen.extractors import build_extractor
-from maskgen.inference.sliding import place_model, resolve_device, sliding_window_probs
 from maskgen.methods import build_method
+from maskgen.runtime.sliding import sliding_window_probs
 
 
 def _sync(device: torch.device) -> None:

@@ -10,8 +10,9 @@ import csv
 from pathlib import Path
 
 from maskgen.demo import _write_results, aggregate, format_results
-from maskgen.evaluation.plots import plot_domain_bars, plot_validation_curves
+from maskgen.evaluation.plots import plot_domain_bars
 from maskgen.io import atomic_write_text
+from maskgen.training.curves import plot_validation_curves
 
 ap = argparse.ArgumentParser()
 ap.add_argument("out")

@@ -58,7 +58,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace, dataset: str, out: str, method: str | None = None):
-    from maskgen.training.config import TrainConfig
+    from maskgen.runtime.config import TrainConfig
 
     hparams = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
     layer = args.extractor_layer
@@ -119,7 +119,7 @@ def _subparser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Arg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from maskgen.training.run import train_and_test
+    from maskgen.evaluation.testing import train_and_test
 
     cfg = _config_from_args(args, args.dataset, args.out)
     given = given_settings(build_parser(), args.argv) if args.resume else None

@@ -62,7 +62,7 @@ def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, devi
     from maskgen.data.phantom import generate_phantom
     from maskgen.evaluation.testing import score_cases
     from maskgen.inference.predict import Predictor
-    from maskgen.training.config import TrainConfig
+    from maskgen.runtime.config import TrainConfig
     from maskgen.training.trainer import Trainer
 
     s = replace(settings or (QUICK if quick else FULL))  # a copy: never mutate the module presets
@@ -155,7 +155,7 @@ def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, devi
 
 
 def trainer_steps_left(run_dir: Path, steps: int) -> bool:
-    from maskgen.training.trainer import load_checkpoint
+    from maskgen.runtime.checkpoint import load_checkpoint
 
     return int(load_checkpoint(run_dir / "checkpoint_latest.pt")["step"]) < steps
 

@@ -52,7 +52,7 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
 
 def test_demo_budget_and_mask_rate_overrides_reach_every_run(tmp_path):
     from maskgen.demo import FULL
-    from maskgen.training.config import TrainConfig
+    from maskgen.runtime.config import TrainConfig
 
     before = (FULL.steps, FULL.val_every, dict(FULL.arms), FULL.seeds)
     out = tmp_path / "demo"

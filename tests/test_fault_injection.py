@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 
-from maskgen.training.trainer import load_checkpoint
+from maskgen.runtime.checkpoint import load_checkpoint
 
 STEPS = 300
 

@@ -18,11 +18,11 @@ from conftest import affine, write_dataset
 from maskgen.cli import main
 from maskgen.data.nnunet import load_dataset
 from maskgen.data.preprocess import classes_to_label, label_to_classes, load_case
+from maskgen.evaluation.testing import train_and_test
 from maskgen.inference.predict import Predictor
 from maskgen.io import atomic_torch_save, atomic_write_text
-from maskgen.training.config import TrainConfig
-from maskgen.training.run import train_and_test
-from maskgen.training.trainer import load_checkpoint
+from maskgen.runtime.checkpoint import load_checkpoint
+from maskgen.runtime.config import TrainConfig
 
 TINY = ["--steps", "2", "--val-every", "2", "--batch-size", "2", "--patch-size", "16", "16", "16", "--base-width", "2",
         "--n-poolings", "2", "--num-workers", "0", "--device", "cpu"]

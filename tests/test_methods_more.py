@@ -20,8 +20,8 @@ from maskgen.methods.gin_ipa import blend, bspline_kernel, consistency_kl, ipa_b
 from maskgen.methods.mixstyle import mixstyle
 from maskgen.methods.rsc import rsc_mask
 from maskgen.models import UNet
-from maskgen.training.config import TrainConfig
-from maskgen.training.trainer import build_extractor_from_config, build_method_from_config
+from maskgen.runtime.build import build_extractor_from_config, build_method_from_config
+from maskgen.runtime.config import TrainConfig
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ import pytest
 from scipy.ndimage import binary_erosion
 from scipy.spatial.distance import cdist
 
-from maskgen.evaluation.metrics import dice_per_class, hd95_per_class
+from maskgen.metrics import dice_per_class, hd95_per_class
 
 
 def _cube(shape, start, size, value=1):

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from maskgen.evaluation.plots import (
-    most_foreground_slice,
-    plot_domain_bars,
-    plot_overlay,
-    plot_training_curves,
-    plot_validation_curves,
-)
+from maskgen.evaluation.plots import most_foreground_slice, plot_domain_bars, plot_overlay
+from maskgen.training.curves import plot_training_curves, plot_validation_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

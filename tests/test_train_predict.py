@@ -11,10 +11,10 @@ import torch
 import yaml
 
 from maskgen.cli import main
+from maskgen.evaluation.testing import train_and_test
 from maskgen.io import OutputExistsError
-from maskgen.training.config import TrainConfig
-from maskgen.training.run import train_and_test
-from maskgen.training.trainer import load_checkpoint
+from maskgen.runtime.checkpoint import load_checkpoint
+from maskgen.runtime.config import TrainConfig
 
 
 def _cfg(dataset, out, method="maskgen", steps=4, **kw):
@@ -117,7 +117,7 @@ def test_geometry_round_trip_recovers_the_label_map(tiny_dataset, tmp_path, monk
         return torch.nn.functional.one_hot(labels, 3).permute(3, 0, 1, 2).float()
 
     monkeypatch.setattr(predict_mod, "sliding_window_probs", fake_probs)
-    from maskgen.evaluation.metrics import dice_per_class
+    from maskgen.metrics import dice_per_class
 
     pred = predict_mod.Predictor(run)
     for src in sorted((tiny_dataset / "imagesTs").iterdir()):

@@ -12,12 +12,12 @@ from conftest import write_dataset
 
 from maskgen.cli import main
 from maskgen.data.preprocess import load_case
+from maskgen.evaluation.testing import train_and_test
 from maskgen.inference.predict import Predictor
 from maskgen.inference.tta import TTAS, build_tta
 from maskgen.inference.tta.base import Restore
 from maskgen.inference.tta.sfb import fit_temperature, nll
-from maskgen.training.config import TrainConfig
-from maskgen.training.run import train_and_test
+from maskgen.runtime.config import TrainConfig
 
 BN_SUFFIXES = (".weight", ".bias", ".running_mean", ".running_var", ".num_batches_tracked")
 

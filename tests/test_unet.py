@@ -25,7 +25,7 @@ def test_size_not_divisible_is_a_clear_error():
 
 
 def test_channels_last_placement_keeps_outputs_and_layout():
-    from maskgen.inference.sliding import place_model
+    from maskgen.device import place_model
 
     torch.manual_seed(0)
     net = UNet(3, 4, base_width=4, n_poolings=2).eval()

@@ -354,7 +354,7 @@ def stability_report(
     if not others and not gammas:
         raise ValueError(f"nothing to measure: only the reference domain {reference!r} and no gammas")
 
-    from maskgen.inference.sliding import resolve_device
+    from maskgen.device import resolve_device
 
     dev = resolve_device(device)
     built, skipped = _build_extractors(extractors, extractor_kwargs or {}, dev)

@@ -8,7 +8,7 @@ from maskgen.evaluation.evaluate import (
     summarize,
     write_metrics,
 )
-from maskgen.evaluation.metrics import dice_per_class, hd95_per_class
+from maskgen.metrics import dice_per_class, hd95_per_class
 
 __all__ = [
     "case_row",

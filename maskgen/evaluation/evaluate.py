@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from maskgen.evaluation.metrics import dice_per_class, hd95_per_class
 from maskgen.io import OutputExistsError, atomic_write_json, atomic_write_text
+from maskgen.metrics import dice_per_class, hd95_per_class
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,8 @@
-"""Test a trained run on labelled cases: predict in each case's own geometry, score, group by domain."""
+"""Test a trained run on labelled cases: predict in each case's own geometry, score, group by domain.
+
+``train_and_test`` is the whole user story of ``maskgen train``: train, keep the best checkpoint, test it.
+It lives here, above both training and inference, so neither of those imports the other.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,23 @@ from tqdm.auto import tqdm
 from maskgen.data.nnunet import Case
 from maskgen.evaluation.evaluate import case_row, format_table, summarize, write_metrics
 from maskgen.inference.predict import Predictor, write_mask
+from maskgen.runtime.config import TrainConfig
+from maskgen.training.trainer import Trainer
+
+
+def train_and_test(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, test: bool = True,
+                   progress: bool = True, given: set[str] | None = None) -> dict[str, Any]:
+    """Train, then score the best checkpoint on the labelled test cases (``given``: see ``Trainer``)."""
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, progress=progress, given=given)
+    result = trainer.run()
+    test_cases = [c for c in trainer.spec.split("test") if c.label is not None]
+    if test and test_cases:
+        predictor = Predictor(trainer.run_dir, checkpoint="best", device=trainer.cfg.device)
+        res = score_cases(predictor, test_cases, trainer.run_dir / "test", trainer.cfg.label_names or {},
+                          overwrite=True, progress=progress)
+        result["test_summary"] = res["summary"]
+        result["test_table"] = res["table"]
+    return result
 
 
 def score_cases(

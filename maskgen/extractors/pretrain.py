@@ -253,7 +253,7 @@ class Pretrainer:
 
     # ------------------------------------------------------------------ model
     def _build(self) -> None:
-        from maskgen.inference.sliding import resolve_device
+        from maskgen.device import resolve_device
 
         cfg = self.cfg
         self.device = resolve_device(cfg.device)

@@ -20,11 +20,13 @@ from tqdm.auto import tqdm
 
 from maskgen.data.preprocess import classes_to_label, load_case
 from maskgen.data.volumes import VOLUME_ENDINGS, image_like, load_volume, strip_ending, volume_ending
-from maskgen.inference.sliding import place_model, resolve_device, sliding_window_probs
+from maskgen.device import place_model, resolve_device
 from maskgen.inference.tta import TTA
 from maskgen.io import OutputExistsError, atomic_write, atomic_write_json
-from maskgen.training.config import TrainConfig
-from maskgen.training.trainer import build_extractor_from_config, build_method_from_config, load_checkpoint
+from maskgen.runtime.build import build_extractor_from_config, build_method_from_config
+from maskgen.runtime.checkpoint import load_checkpoint
+from maskgen.runtime.config import TrainConfig
+from maskgen.runtime.sliding import sliding_window_probs
 
 log = logging.getLogger("maskgen")
 

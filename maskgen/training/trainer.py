@@ -26,63 +26,18 @@ from maskgen.data.augment import build_augmentation
 from maskgen.data.nnunet import DatasetSpec, load_dataset
 from maskgen.data.preprocess import load_case, median_spacing
 from maskgen.data.sampling import PatchSampler, round_up
-from maskgen.evaluation.metrics import dice_per_class
-from maskgen.extractors import build_extractor
-from maskgen.extractors.base import StableExtractor
-from maskgen.inference.sliding import autocast, place_model, resolve_device, sliding_window_probs
+from maskgen.device import autocast, place_model, resolve_device
 from maskgen.io import OutputExistsError, atomic_torch_save, atomic_write_text
-from maskgen.methods import METHODS, build_method
-from maskgen.methods.base import Method
-from maskgen.training.config import TrainConfig
+from maskgen.metrics import dice_per_class
+from maskgen.runtime.build import build_extractor_from_config, build_method_from_config
+from maskgen.runtime.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from maskgen.runtime.config import TrainConfig
+from maskgen.runtime.sliding import sliding_window_probs
 
-CHECKPOINT_FORMAT = "maskgen-checkpoint-v1"
 LOG_FIELDS = ["step", "loss", "lr", "val_dice", "seconds"]
 PAPER_CROP = 128
 
 log = logging.getLogger("maskgen")
-
-
-def build_extractor_from_config(cfg: TrainConfig) -> StableExtractor | None:
-    cls = METHODS[cfg.method]
-    if not (cls.uses_features or cls.needs_extractor):
-        return None
-    kwargs: dict[str, Any] = {}
-    if cfg.extractor_weights is not None:
-        kwargs["weights"] = cfg.extractor_weights
-    if cfg.extractor_layer is not None:
-        kwargs["layer"] = cfg.extractor_layer
-    return build_extractor(cfg.extractor, **kwargs)
-
-
-def build_method_from_config(cfg: TrainConfig, extractor: StableExtractor | None = None) -> Method:
-    """The configured method, handed the run's extractor (``Method.attach_extractor``) before any checkpoint
-    is loaded; a method that needs the extractor object gets one built from ``cfg`` when none is passed."""
-    method = build_method(
-        cfg.method,
-        image_channels=1,
-        feature_channels=cfg.feature_channels or 0,
-        n_classes=cfg.n_classes,
-        network=cfg.network_kwargs(),
-        hparams=cfg.hparams,
-    )
-    if extractor is None and method.needs_extractor:
-        extractor = build_extractor_from_config(cfg)
-    method.attach_extractor(extractor)
-    return method
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a maskgen checkpoint safely (``weights_only=True``: no code runs from the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report any unpickling failure with the file name
-        raise ValueError(f"{path}: not a loadable maskgen checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a maskgen checkpoint (missing format tag {CHECKPOINT_FORMAT!r})")
-    return ckpt
 
 
 #: what a start that ended before its first checkpoint leaves behind; such a folder never blocks a rerun
@@ -395,7 +350,7 @@ class Trainer:
 
     def _plot(self) -> None:
         try:
-            from maskgen.evaluation.plots import plot_training_curves
+            from maskgen.training.curves import plot_training_curves
 
             plot_training_curves(self.run_dir / "log.csv", self.run_dir / "training_curves.png",
                                  title=f"{self.cfg.method} on {Path(self.cfg.dataset).name}")

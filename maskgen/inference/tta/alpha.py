@@ -14,13 +14,14 @@ Note: "tuned on validation" means the source-domain validation split; no test la
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from maskgen.inference.tta.base import (
     TTA,
+    Segmenter,
     load_stable,
     log,
     log_probs,
@@ -28,9 +29,6 @@ from maskgen.inference.tta.base import (
     register_tta,
     validation_volumes,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from maskgen.inference.predict import Predictor
 
 ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -54,12 +52,12 @@ class AlphaTuning(TTA):
         self.scores: dict[str, float] = {}
         self.val_cases: list[str] = []
 
-    def setup(self, predictor: Predictor) -> None:
+    def setup(self, predictor: Segmenter) -> None:
         self.stable = load_stable(predictor, self.stable_run)
         if self.alpha is None:
             self.alpha = self.tune(predictor)
 
-    def tune(self, predictor: Predictor) -> float:
+    def tune(self, predictor: Segmenter) -> float:
         vols = validation_volumes(predictor)
         n = predictor.cfg.n_classes
         per_alpha: dict[float, list[float]] = {a: [] for a in ALPHA_GRID}
@@ -78,7 +76,7 @@ class AlphaTuning(TTA):
             return 0.5
         return ALPHA_GRID[int(np.nanargmax(means))]
 
-    def predict_volume(self, predictor: Predictor, image: torch.Tensor, name: str | None = None) -> torch.Tensor:
+    def predict_volume(self, predictor: Segmenter, image: torch.Tensor, name: str | None = None) -> torch.Tensor:
         ls = log_probs(self.stable.window_probs(image))
         lu = log_probs(predictor.window_probs(image))
         return mix(ls, lu, float(self.alpha))

@@ -16,7 +16,7 @@ import inspect
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,10 +24,24 @@ import torch.nn.functional as F
 
 from maskgen.registry import Registry
 
-if TYPE_CHECKING:  # pragma: no cover
-    from maskgen.inference.predict import Predictor
-
 log = logging.getLogger("maskgen")
+
+class Segmenter(Protocol):
+    """What an adaptation may use of the predictor it serves (``maskgen.inference.predict.Predictor``).
+
+    Declared here so adaptations never import the predictor that imports them.
+    """
+
+    cfg: Any  # the run's TrainConfig
+    method: torch.nn.Module
+    extractor: torch.nn.Module | None
+    device: torch.device
+    run_dir: Path
+    checkpoint: str
+    feature_mask: str | None
+
+    def window_probs(self, image: torch.Tensor) -> torch.Tensor: ...
+
 
 TTAS: Registry = Registry("test-time adaptation")
 register_tta = TTAS.register
@@ -52,10 +66,10 @@ class TTA:
 
     name = "none"
 
-    def setup(self, predictor: Predictor) -> None:
+    def setup(self, predictor: Segmenter) -> None:
         """Called once by ``Predictor.__init__`` with the ready predictor (load extra runs, tune on val)."""
 
-    def predict_volume(self, predictor: Predictor, image: torch.Tensor, name: str | None = None) -> torch.Tensor:
+    def predict_volume(self, predictor: Segmenter, image: torch.Tensor, name: str | None = None) -> torch.Tensor:
         """Softmax probabilities (C, D, H, W) for one preprocessed image (1, D, H, W), on the same grid.
 
         Must leave ``predictor.method`` exactly as it found it, so that volumes are independent."""
@@ -81,7 +95,7 @@ def entropy_map(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(1)
 
 
-def model_logits(predictor: Predictor, x: torch.Tensor) -> torch.Tensor:
+def model_logits(predictor: Segmenter, x: torch.Tensor) -> torch.Tensor:
     """Logits of ``predictor.method`` on a batch of crops (B, 1, D, H, W), with the run's frozen features and
     its ``feature_mask``; gradients flow into the method's parameters only (the extractor runs under no_grad)."""
     method, extractor = predictor.method, predictor.extractor
@@ -118,14 +132,14 @@ def crop(x: torch.Tensor, start: tuple[int, ...], patch: tuple[int, ...]) -> tor
 
 def mean_foreground_dice(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> float:
     """Mean Dice over foreground classes present in prediction or reference (as ``Trainer.validate``)."""
-    from maskgen.evaluation.metrics import dice_per_class
+    from maskgen.metrics import dice_per_class
 
     d = dice_per_class(pred, ref, list(range(1, n_classes)))
     vals = [v for v in d.values() if not math.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def validation_volumes(predictor: Predictor) -> list[dict[str, Any]]:
+def validation_volumes(predictor: Segmenter) -> list[dict[str, Any]]:
     """The run's validation cases, split exactly as training split them, preprocessed with the run's settings."""
     from maskgen.data.nnunet import load_dataset
     from maskgen.data.preprocess import load_case
@@ -146,7 +160,7 @@ def validation_volumes(predictor: Predictor) -> list[dict[str, Any]]:
     return vols
 
 
-def load_stable(predictor: Predictor, stable_run: str | Path) -> Predictor:
+def load_stable(predictor: Segmenter, stable_run: str | Path) -> Segmenter:
     """The features-only ("stable") run, loaded like the main run and checked to be combinable with it."""
     # built by the predictor's own class, so adaptations never import the predictor (imports only go down)
     stable = type(predictor)(stable_run, checkpoint=predictor.checkpoint, device=str(predictor.device))

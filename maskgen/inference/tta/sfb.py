@@ -28,7 +28,7 @@ here are K = 10 steps per round and Adam at lr 1e-4, a common fine-tuning rate f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from maskgen.inference.tta.base import (
     EPS,
     TTA,
     Restore,
+    Segmenter,
     crop,
     load_stable,
     log_probs,
@@ -47,9 +48,6 @@ from maskgen.inference.tta.base import (
     register_tta,
     validation_volumes,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from maskgen.inference.predict import Predictor
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
@@ -100,11 +98,11 @@ class StableFeatureBoosting(TTA):
         self.calibration: dict[str, Any] = {}
         self.cases: dict[str, dict[str, float]] = {}
 
-    def setup(self, predictor: Predictor) -> None:
+    def setup(self, predictor: Segmenter) -> None:
         self.stable = load_stable(predictor, self.stable_run)
         self.calibrate(predictor)
 
-    def calibrate(self, predictor: Predictor) -> None:
+    def calibrate(self, predictor: Segmenter) -> None:
         """Fit the stable model's temperature on (a seeded voxel sample of) the run's validation cases."""
         vols = validation_volumes(predictor)
         logits, labels = [], []
@@ -120,7 +118,7 @@ class StableFeatureBoosting(TTA):
         self.calibration = {"temperature": self.temperature, "nll_before": before, "nll_after": after,
                             "voxels": len(lb), "val_cases": [v["case"] for v in vols]}
 
-    def predict_volume(self, predictor: Predictor, image: torch.Tensor, name: str | None = None) -> torch.Tensor:
+    def predict_volume(self, predictor: Segmenter, image: torch.Tensor, name: str | None = None) -> torch.Tensor:
         method, device = predictor.method, predictor.device
         patch = tuple(int(p) for p in predictor.cfg.patch_size)
         stable_logp = torch.log_softmax(log_probs(self.stable.window_probs(image)) / self.temperature, dim=0)

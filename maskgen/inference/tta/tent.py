@@ -18,7 +18,7 @@ cumulative average) and the volume is predicted in eval mode with them, so every
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from torch import nn
 from maskgen.inference.tta.base import (
     TTA,
     Restore,
+    Segmenter,
     crop,
     entropy_map,
     model_logits,
@@ -34,9 +35,6 @@ from maskgen.inference.tta.base import (
     random_starts,
     register_tta,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from maskgen.inference.predict import Predictor
 
 
 def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -53,11 +51,11 @@ class Tent(TTA):
         self.steps, self.lr, self.momentum, self.seed = int(steps), float(lr), float(momentum), int(seed)
         self.cases: dict[str, dict[str, float]] = {}
 
-    def setup(self, predictor: Predictor) -> None:
+    def setup(self, predictor: Segmenter) -> None:
         if not any(bn.affine for bn in batchnorm_layers(predictor.method)):
             raise ValueError(f"tta 'tent' adapts BatchNorm affine parameters, and run {predictor.run_dir} has none")
 
-    def adapt(self, predictor: Predictor, image: torch.Tensor) -> dict[str, float]:
+    def adapt(self, predictor: Segmenter, image: torch.Tensor) -> dict[str, float]:
         """Adapt ``predictor.method`` in place to ``image`` (1, D, H, W); the caller restores it (``Restore``).
 
         Returns the mean entropy over the adaptation crops before and after adaptation (both with batch
@@ -102,7 +100,7 @@ class Tent(TTA):
         method.eval()
         return {"entropy_before": before, "entropy_after": after}
 
-    def predict_volume(self, predictor: Predictor, image: torch.Tensor, name: str | None = None) -> torch.Tensor:
+    def predict_volume(self, predictor: Segmenter, image: torch.Tensor, name: str | None = None) -> torch.Tensor:
         with Restore(predictor.method):
             stats = self.adapt(predictor, image)
             probs = predictor.window_probs(image)

@@ -1,43 +1,15 @@
-"""Sliding-window inference over whole volumes (MONAI), with stable features computed per window.
-
-Features are computed on each window, as in training where g is applied to the augmented patch, so
-the network never sees features of a different field of view than it was trained on.
-"""
+"""Gaussian-blended sliding-window inference (MONAI), shared by validation during training and by prediction."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 from monai.inferers import sliding_window_inference
 
+from maskgen.device import autocast
 from maskgen.extractors.base import StableExtractor
 from maskgen.methods.base import Method
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def place_model(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move to ``device``; on CPU store conv weights channels-last, which oneDNN runs 1.3-1.6x faster
-    (``benchmarks/bench_step.py --memory-format``)."""
-    module = module.to(device)
-    if device.type == "cpu":
-        module = module.to(memory_format=torch.channels_last_3d)
-    return module
-
-
-def autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def make_predictor(method: Method, extractor: StableExtractor | None, feature_mask: str | None = None):
