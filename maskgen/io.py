@@ -80,6 +80,23 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda p: torch.save(obj, p), suffix=".pt.tmp")
 
 
+def load_tagged_checkpoint(path: str | Path, tag: str, map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint written by maskgen, loaded with ``weights_only=True`` (no code runs from the file) and
+    checked to carry ``format == tag``; every failure is a ValueError naming the file."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report any unpickling failure with the file name
+        raise ValueError(f"{path}: not a loadable maskgen checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != tag:
+        raise ValueError(f"{path}: not a maskgen checkpoint of this kind (missing format tag {tag!r})")
+    return ckpt
+
+
 def _json_default(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()

@@ -16,7 +16,6 @@ training does for MR (and for the phantom's CT, whose dataset says "MR").
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -552,7 +551,7 @@ def plot_gamma(summary: Mapping[str, Any], path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def _parse_weights(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+def parse_weights(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         name, sep, path = item.partition("=")
@@ -560,55 +559,3 @@ def _parse_weights(items: Sequence[str]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"--extractor-weights expects NAME=PATH, got {item!r}")
         out.setdefault(name, {})["weights"] = path
     return out
-
-
-def cmd_analyze_stability(args: argparse.Namespace) -> int:
-    kwargs = _parse_weights(args.extractor_weights or [])
-    report = stability_report(
-        out=args.out, extractors=args.extractors, extractor_kwargs=kwargs, pairs=args.pairs,
-        subjects=args.subjects, shape=args.shape, spacing=args.spacing, domains=args.domains,
-        reference=args.reference, gammas=args.gammas, n_voxels=args.voxels, mask=args.mask, seed=args.seed,
-        device=args.device, overwrite=args.overwrite, verbose=True,
-    )  # fmt: skip
-    print(format_table(report["summary"]))
-    print(f"\n{report['summary']['wall_time_s']:.1f} s; report written to {args.out}")
-    return 0
-
-
-def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``maskgen analyze`` (with its ``stability`` subcommand) to the ``maskgen`` subparsers."""
-    from maskgen.extractors import EXTRACTORS
-
-    an = sub.add_parser("analyze", help="analyses: feature stability across domains (linear CKA)")
-    asub = an.add_subparsers(dest="analysis", required=True)
-    st = asub.add_parser(
-        "stability", help="linear CKA of extractor features (and of the raw image) between domains and under gamma",
-        description=__doc__.split("\n\n")[0] + " Without --pairs, subjects are rendered by the phantom generator.",
-    )  # fmt: skip
-    st.add_argument("--out", required=True, help="report folder (cka_domains.csv, cka_gamma.csv, summary.json, PNGs)")
-    st.add_argument("--extractors", nargs="+", default=["mind"], choices=sorted(k for k in EXTRACTORS if k != "none"),
-                    help="extractors to score besides the raw image (default mind)")
-    st.add_argument("--extractor-weights", nargs="+", default=None, metavar="NAME=PATH",
-                    help="weights file per extractor, e.g. anatomix=anatomix.pth")
-    st.add_argument("--pairs", default=None,
-                    help="CSV with columns subject,domain,image (co-registered images; default: phantom subjects)")
-    st.add_argument("--subjects", type=int, default=3, help="phantom subjects (default 3)")
-    st.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("D", "H", "W"),
-                    help="phantom volume shape (default 64 64 64)")
-    st.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], metavar=("X", "Y", "Z"),
-                    help="phantom voxel spacing in mm (default 1.5)")
-    st.add_argument("--domains", nargs="+", default=None,
-                    help="domains to compare (phantom default: T1w T2w PDw FLAIR CT; with --pairs: all listed)")
-    st.add_argument("--reference", default=None,
-                    help="domain compared with all others and perturbed by gamma (default T1w / first in --pairs)")
-    st.add_argument("--gammas", type=float, nargs="+", default=list(DEFAULT_GAMMAS),
-                    help=f"gamma perturbations x -> x**gamma (default {' '.join(map(str, DEFAULT_GAMMAS))})")
-    st.add_argument("--voxels", type=int, default=DEFAULT_N_VOXELS,
-                    help=f"voxels sampled per subject inside the mask (default {DEFAULT_N_VOXELS})")
-    st.add_argument("--mask", default="otsu", choices=MASKS,
-                    help="where to sample voxels: otsu body mask of the reference image (default), nonzero, all")
-    st.add_argument("--seed", type=int, default=0)
-    st.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, ...")
-    st.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
-    st.set_defaults(func=cmd_analyze_stability)
-    return an

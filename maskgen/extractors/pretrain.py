@@ -30,7 +30,6 @@ and constructor arguments only (``torch.load(weights_only=True)``), usable with
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import logging
@@ -57,8 +56,9 @@ from maskgen.io import (
     atomic_torch_save,
     atomic_write,
     atomic_write_json,
-    atomic_write_text,
+    load_tagged_checkpoint,
 )
+from maskgen.steplog import StepLog, truncate_step_log
 
 PRETRAIN_FORMAT = "maskgen-pretrain-v1"
 LOG_FIELDS = ["step", "loss", "val_loss", "lr", "seconds"]
@@ -330,26 +330,15 @@ class Pretrainer:
         self._write_config(wall, last_loss, last_val, finished)
 
     def _restore(self) -> None:
-        ckpt = torch.load(self.out / "checkpoint_latest.pt", map_location=self.device, weights_only=True)
-        if ckpt.get("format") != PRETRAIN_FORMAT:
-            raise ValueError(f"{self.out / 'checkpoint_latest.pt'} is not a pretrain-extractor checkpoint")
+        ckpt = load_tagged_checkpoint(self.out / "checkpoint_latest.pt", PRETRAIN_FORMAT, self.device)
         self.net.load_state_dict(ckpt["net"])
         self.heads.load_state_dict(ckpt["heads"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step = int(ckpt["step"])
         self.wall_before = float(ckpt.get("wall_time_s", 0.0))
-        self._truncate_log(self.step)
+        truncate_step_log(self.out / "log.csv", self.step, LOG_FIELDS)
         log.info("resumed pretraining from step %d", self.step)
-
-    def _truncate_log(self, step: int) -> None:
-        path = self.out / "log.csv"
-        if not path.exists():
-            return
-        with path.open() as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        lines = [",".join(LOG_FIELDS)] + [",".join(r.get(k, "") or "" for k in LOG_FIELDS) for r in rows]
-        atomic_write_text(path, "\n".join(lines) + "\n")
 
     def _write_config(self, wall: float, last_loss: float, last_val: float, finished: bool) -> None:
         prev = self.previous or {}
@@ -397,11 +386,7 @@ class Pretrainer:
         last_loss, last_val = float("nan"), float("nan")
         self._write_config(self.wall_before, last_loss, last_val, finished=self.step >= cfg.steps)
         log_path = self.out / "log.csv"
-        new_log = not self.resume or not log_path.exists()
-        logf = log_path.open("w" if new_log else "a", newline="")
-        writer = csv.writer(logf)
-        if new_log:
-            writer.writerow(LOG_FIELDS)
+        step_log = StepLog(log_path, LOG_FIELDS, self.resume)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="pretrain extractor", disable=not self.progress)
         self.net.train()
         self.heads.train()
@@ -425,9 +410,9 @@ class Pretrainer:
                 if self.step % cfg.val_every == 0 or self.step == cfg.steps:
                     last_val = self.validate()
                     val = f"{last_val:.6f}"
-                writer.writerow([self.step, f"{last_loss:.6f}", val, f"{self.scheduler.get_last_lr()[0]:.3e}",
-                                 f"{time.perf_counter() - t0:.4f}"])
-                logf.flush()
+                step_log.write({"step": self.step, "loss": f"{last_loss:.6f}", "val_loss": val,
+                                "lr": f"{self.scheduler.get_last_lr()[0]:.3e}",
+                                "seconds": f"{time.perf_counter() - t0:.4f}"})
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self._save(self.wall_before + time.perf_counter() - t_start, last_loss, last_val, False)
                     saved_at = self.step
@@ -439,7 +424,7 @@ class Pretrainer:
             raise
         finally:
             bar.close()
-            logf.close()
+            step_log.close()
         wall = self.wall_before + time.perf_counter() - t_start
         if saved_at != self.step or not (self.out / "extractor.pt").exists():
             self._save(wall, last_loss, last_val, True)
@@ -509,7 +494,7 @@ def pretrain_extractor(out_dir: str | Path, cfg: PretrainConfig | None = None, r
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-_FLAGS: dict[str, tuple[type, str]] = {
+PRETRAIN_FLAGS: dict[str, tuple[type, str]] = {
     "steps": (int, "training steps"),
     "crop": (int, "cubic crop size in voxels (multiple of 2**depth, >= 2**(depth+1))"),
     "batch_size": (int, "view pairs per step"),
@@ -527,32 +512,3 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "seed": (int, "random seed (anatomix: 1234567)"),
     "device": (str, "auto, cpu, cuda, cuda:1, ..."),
 }
-
-
-def add_pretrain_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``maskgen pretrain-extractor`` to the ``maskgen`` subparsers."""
-    defaults = PretrainConfig()
-    p = sub.add_parser(
-        "pretrain-extractor", help="pretrain our own stable extractor (anatomix recipe, procedural data only)",
-        description=__doc__.split("\n\n")[0] + " Writes OUT_DIR/extractor.pt for --extractor maskgen-synth.",
-    )  # fmt: skip
-    p.add_argument("out_dir", metavar="OUT_DIR", help="run folder")
-    for name, (typ, text) in _FLAGS.items():
-        kw: dict[str, Any] = {"choices": ["batch", "instance"]} if name == "norm" else {}
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None,
-                       help=f"{text} (default {getattr(defaults, name)})", **kw)
-    p.add_argument("--resume", action="store_true", help="continue the run in OUT_DIR from its latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in OUT_DIR")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(func=cmd_pretrain_extractor)
-    return p
-
-
-def cmd_pretrain_extractor(args: argparse.Namespace) -> int:
-    given = [k for k in _FLAGS if getattr(args, k) is not None]
-    cfg = PretrainConfig(**{k: getattr(args, k) for k in given})
-    result = pretrain_extractor(args.out_dir, cfg, resume=args.resume, overwrite=args.overwrite,
-                                progress=args.progress, given=given)
-    print(f"{result['steps']} steps in {result['wall_time_s']:.0f} s; loss {result['loss']:.4f}, "
-          f"validation loss {result['val_loss']:.4f}; extractor written to {result['extractor']}")
-    return 0

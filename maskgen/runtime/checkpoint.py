@@ -1,4 +1,4 @@
-"""Checkpoint files: the format tag, and loading that never runs code from the file."""
+"""Run checkpoints: the format tag, and loading that never runs code from the file."""
 
 from __future__ import annotations
 
@@ -7,18 +7,11 @@ from typing import Any
 
 import torch
 
+from maskgen.io import load_tagged_checkpoint
+
 CHECKPOINT_FORMAT = "maskgen-checkpoint-v1"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a maskgen checkpoint safely (``weights_only=True``: no code runs from the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report any unpickling failure with the file name
-        raise ValueError(f"{path}: not a loadable maskgen checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a maskgen checkpoint (missing format tag {CHECKPOINT_FORMAT!r})")
-    return ckpt
+    """A training run's checkpoint, loaded safely (``weights_only=True``) and checked for its format tag."""
+    return load_tagged_checkpoint(path, CHECKPOINT_FORMAT, map_location)

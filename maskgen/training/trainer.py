@@ -6,8 +6,6 @@ features when the method reads them, and asks the method for a loss.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -27,12 +25,13 @@ from maskgen.data.nnunet import DatasetSpec, load_dataset
 from maskgen.data.preprocess import load_case, median_spacing
 from maskgen.data.sampling import PatchSampler, round_up
 from maskgen.device import autocast, place_model, resolve_device
-from maskgen.io import OutputExistsError, atomic_torch_save, atomic_write_text
+from maskgen.io import OutputExistsError, atomic_torch_save
 from maskgen.metrics import dice_per_class
 from maskgen.runtime.build import build_extractor_from_config, build_method_from_config
 from maskgen.runtime.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from maskgen.runtime.config import TrainConfig
 from maskgen.runtime.sliding import sliding_window_probs
+from maskgen.steplog import StepLog, truncate_step_log
 
 LOG_FIELDS = ["step", "loss", "lr", "val_dice", "seconds"]
 PAPER_CROP = 128
@@ -215,32 +214,8 @@ class Trainer:
         self.best_dice = float(ckpt["best_dice"])
         self.best_step = int(ckpt["best_step"])
         torch.set_rng_state(ckpt["torch_rng"].cpu())
-        self._truncate_log(self.step)
+        truncate_step_log(self.run_dir / "log.csv", self.step, LOG_FIELDS)
         log.info("resumed from step %d (best val Dice %.4f at step %d)", self.step, self.best_dice, self.best_step)
-
-    def _truncate_log(self, step: int) -> None:
-        """Keep the log rows up to the checkpoint's step: each step exactly once, whatever a kill left.
-
-        A run killed mid-write can leave a partial last row, and steps after the checkpoint are trained
-        again; both are dropped so the resumed run appends each step once.
-        """
-        path = self.run_dir / "log.csv"
-        if not path.exists():
-            return
-        with path.open(newline="") as f:
-            rows = list(csv.reader(f))
-        header = rows[0] if rows and rows[0][: len(LOG_FIELDS)] == LOG_FIELDS else list(LOG_FIELDS)
-        kept, last = [], 0
-        for row in rows[1:]:
-            if len(row) != len(header) or not row[0].isdigit():
-                continue
-            s = int(row[0])
-            if last < s <= step:
-                kept.append(row)
-                last = s
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([header, *kept])
-        atomic_write_text(path, buf.getvalue())
 
     # -------------------------------------------------------------- validation
     def validate(self) -> float:
@@ -285,13 +260,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             worker_init_fn=_single_thread_worker,
         )
-        log_path = self.run_dir / "log.csv"
-        columns: list[str] | None = None  # LOG_FIELDS, then the diagnostics the method declares
-        if self.resume and log_path.exists():
-            with log_path.open(newline="") as f:
-                columns = next(csv.reader(f), None) or None
-        logf = log_path.open("a" if columns else "w", newline="")
-        writer = csv.writer(logf, lineterminator="\n")
+        step_log = StepLog(self.run_dir / "log.csv", LOG_FIELDS + list(self.method.DIAGNOSTICS), self.resume)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", disable=not self.progress)
         self.method.train()
         it = iter(loader)
@@ -321,14 +290,10 @@ class Trainer:
                     improved = not math.isnan(last_val) and last_val > self.best_dice
                     if improved or not self.val_vols:
                         self.best_dice, self.best_step = (last_val if improved else self.best_dice), self.step
-                if columns is None:
-                    columns = LOG_FIELDS + list(self.method.DIAGNOSTICS)
-                    writer.writerow(columns)
-                row = {"step": self.step, "loss": f"{loss_v:.6f}", "lr": f"{self.scheduler.get_last_lr()[0]:.3e}",
-                       "val_dice": val, "seconds": f"{time.perf_counter() - t0:.4f}",
-                       **{k: f"{float(v):.6g}" for k, v in diagnostics.items()}}
-                writer.writerow([row.get(k, "") for k in columns])
-                logf.flush()
+                step_log.write({"step": self.step, "loss": f"{loss_v:.6f}",
+                                "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "val_dice": val,
+                                "seconds": f"{time.perf_counter() - t0:.4f}",
+                                **{k: f"{float(v):.6g}" for k, v in diagnostics.items()}})
                 # the step's row is on disk before the checkpoint that claims it, so a kill in between
                 # never loses a row (resume drops rows after its checkpoint instead)
                 if checkpoint_now:
@@ -342,7 +307,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_v:.3f}", val=f"{last_val:.3f}", best=f"{self.best_dice:.3f}")
         finally:
             bar.close()
-            logf.close()
+            step_log.close()
         self._plot()
         result = {"best_val_dice": self.best_dice, "best_step": self.best_step, "steps": self.step,
                   "run_dir": str(self.run_dir)}

@@ -180,8 +180,8 @@ def _add_tta_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from maskgen.analysis.stability import add_analyze_parser
-    from maskgen.extractors.pretrain import add_pretrain_parser
+    from maskgen.cli.analyze import add_analyze_parser
+    from maskgen.cli.pretrain import add_pretrain_parser
 
     p = argparse.ArgumentParser(prog="maskgen", description=__doc__)
     p.add_argument("--version", action="version", version=f"maskgen {__version__}")
