@@ -169,3 +169,22 @@ def test_options_a_tta_does_not_use_are_refused(runs, tmp_path, capsys):
     assert code == 2 and "--alpha" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         build_tta("alpha", stable_run="x", alpha=1.5)
+
+
+def test_each_adaptation_declares_its_options_and_predict_help_is_made_from_them(capsys):
+    import inspect
+
+    from maskgen.inference.tta import tta_options
+
+    for name, cls in TTAS.items():
+        params = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        assert set(cls.OPTIONS) <= params, name
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for key, (flag, _, uses) in tta_options().items():
+        assert flag in help_text
+        for tta_name, _, _ in uses:
+            assert f"{tta_name}" in help_text
+    with pytest.raises(ValueError, match="tta 'tent' does not use --tta-rounds"):
+        build_tta("tent", rounds=2)

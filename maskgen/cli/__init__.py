@@ -132,10 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from maskgen.inference.predict import Predictor
-    from maskgen.inference.tta import build_tta
 
-    tta = build_tta(args.tta, stable_run=args.stable_run, alpha=args.alpha, steps=args.tta_steps, lr=args.tta_lr,
-                    rounds=args.tta_rounds, seed=args.tta_seed)
+    tta = _tta_from_args(args)
     pred = Predictor(args.run, checkpoint=args.checkpoint, device=args.device, feature_mask=args.mask, tta=tta)
     written = pred.predict_to_folder(args.input, args.output, overwrite=args.overwrite,
                                      save_probabilities=args.save_probabilities)
@@ -162,21 +160,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_tta_args(p: argparse.ArgumentParser) -> None:
-    from maskgen.inference.tta import TTAS
+    """``--tta NAME`` and one flag per option the adaptations declare (``TTA.OPTIONS``)."""
+    from maskgen.inference.tta import TTAS, tta_options
 
     g = p.add_argument_group("test-time adaptation (sees the unlabelled test volume; MaskGen itself needs none)")
     g.add_argument("--tta", default="none", choices=sorted(TTAS),
-                   help="tent: BatchNorm entropy minimisation per volume; alpha: mix logits with a stable run; "
-                        "sfb: stable feature boosting (default none)")
-    g.add_argument("--stable-run", default=None, help="[alpha, sfb] run trained on features alone (--method reps_only)")
-    g.add_argument("--alpha", type=float, default=None,
-                   help="[alpha] weight of the stable model's logits (default: tuned on the run's validation cases)")
-    g.add_argument("--tta-steps", type=int, default=None,
-                   help="[tent, sfb] gradient steps per volume (sfb: per round) (default 10)")
-    g.add_argument("--tta-lr", type=float, default=None,
-                   help="[tent] SGD lr (default 1e-3); [sfb] Adam lr (default 1e-4)")
-    g.add_argument("--tta-rounds", type=int, default=None, help="[sfb] pseudo-label rounds (default 3)")
-    g.add_argument("--tta-seed", type=int, default=None, help="[tent, sfb] seed of the random crops (default 0)")
+                   help="; ".join(f"{n}: {c.SUMMARY}"
+                                  for n, c in sorted(TTAS.items()) if n != "none") + " (default none)")
+    for key, (flag, typ, uses) in tta_options().items():
+        said: dict[str, list[str]] = {}  # one text per distinct help, naming every adaptation that uses it
+        for n, h, d in uses:
+            said.setdefault(h + ("" if d is None else f" (default {d})"), []).append(n)
+        text = "; ".join(f"[{', '.join(names)}] {h}" for h, names in said.items())
+        g.add_argument(flag, dest=f"tta_opt_{key}", metavar=key.upper(), type=typ, default=None, help=text)
+
+
+def _tta_from_args(args: argparse.Namespace):
+    from maskgen.inference.tta import build_tta
+
+    options = {k[len("tta_opt_"):]: v for k, v in vars(args).items() if k.startswith("tta_opt_")}
+    return build_tta(args.tta, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ import torch
 from maskgen.inference.tta.base import (
     TTA,
     Segmenter,
+    TTAOption,
     load_stable,
     log,
     log_probs,
@@ -40,6 +41,13 @@ def mix(stable_logp: torch.Tensor, unstable_logp: torch.Tensor, alpha: float) ->
 
 @register_tta("alpha")
 class AlphaTuning(TTA):
+    SUMMARY = "mix logits with a stable run"
+    OPTIONS = {
+        "stable_run": TTAOption("--stable-run", str, "run trained on features alone (--method reps_only)"),
+        "alpha": TTAOption("--alpha", float, "weight of the stable model's logits (None: tuned on the run's "
+                                             "validation cases)"),
+    }
+
     def __init__(self, stable_run: str | Path | None = None, alpha: float | None = None):
         if stable_run is None:
             raise ValueError("tta 'alpha' needs --stable-run DIR: a run trained on the stable features alone "

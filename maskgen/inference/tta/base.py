@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,15 +49,39 @@ register_tta = TTAS.register
 EPS = 1e-8
 
 
+@dataclass(frozen=True)
+class TTAOption:
+    """One option an adaptation declares (its ``__init__`` keyword); the CLI makes ``flag`` from it."""
+
+    flag: str
+    type: type
+    help: str
+
+
+def tta_options() -> dict[str, tuple[str, type, list[tuple[str, str, Any]]]]:
+    """Option name -> (flag, type, [(tta name, help, default), ...]) over every registered adaptation,
+    so ``maskgen predict --help`` is generated from what each adaptation declares."""
+    table: dict[str, tuple[str, type, list[tuple[str, str, Any]]]] = {}
+    for name, cls in sorted(TTAS.items()):
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+        for key, opt in cls.OPTIONS.items():
+            flag, typ, uses = table.setdefault(key, (opt.flag, opt.type, []))
+            if (flag, typ) != (opt.flag, opt.type):
+                raise ValueError(f"tta {name!r} declares option {key!r} as {opt.flag} {opt.type.__name__}, "
+                                 f"another as {flag} {typ.__name__}")
+            uses.append((name, opt.help, defaults.get(key)))
+    return table
+
+
 def build_tta(name: str | None, **options: Any) -> TTA:
     """The TTA named ``name`` (None: ``none``) built with ``options``; options set to None take the TTA's
-    default, and a set option the TTA does not use is an error (it would otherwise be silently ignored)."""
+    default, and a set option the TTA does not declare is an error (it would otherwise be silently ignored)."""
     cls = TTAS.lookup(name or "none")
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     given = {k: v for k, v in options.items() if v is not None}
-    unused = sorted(set(given) - accepted)
+    unused = sorted(set(given) - set(cls.OPTIONS))
     if unused:
-        flags = ", ".join("--" + (k if k in ("stable_run", "alpha") else f"tta_{k}").replace("_", "-") for k in unused)
+        table = tta_options()
+        flags = ", ".join(table[k][0] if k in table else k for k in unused)
         raise ValueError(f"tta {cls.name!r} does not use {flags}")
     return cls(**given)
 
@@ -65,6 +90,9 @@ class TTA:
     """Base class and the default (``none``): plain Gaussian-blended sliding-window inference."""
 
     name = "none"
+    SUMMARY = "plain sliding-window inference"
+    #: the options ``__init__`` takes, keyed by keyword (``maskgen predict`` flags are made from them)
+    OPTIONS: dict[str, TTAOption] = {}
 
     def setup(self, predictor: Segmenter) -> None:
         """Called once by ``Predictor.__init__`` with the ready predictor (load extra runs, tune on val)."""

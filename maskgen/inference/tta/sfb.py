@@ -39,6 +39,7 @@ from maskgen.inference.tta.base import (
     TTA,
     Restore,
     Segmenter,
+    TTAOption,
     crop,
     load_stable,
     log_probs,
@@ -82,6 +83,15 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, iters: int = 100
 
 @register_tta("sfb")
 class StableFeatureBoosting(TTA):
+    SUMMARY = "stable feature boosting"
+    OPTIONS = {
+        "stable_run": TTAOption("--stable-run", str, "run trained on features alone (--method reps_only)"),
+        "steps": TTAOption("--tta-steps", int, "gradient steps per pseudo-label round"),
+        "lr": TTAOption("--tta-lr", float, "Adam learning rate"),
+        "rounds": TTAOption("--tta-rounds", int, "pseudo-label rounds"),
+        "seed": TTAOption("--tta-seed", int, "seed of the random crops"),
+    }
+
     def __init__(self, stable_run: str | Path | None = None, steps: int = 10, lr: float = 1e-4, rounds: int = 3,
                  seed: int = 0, max_calibration_voxels: int = 500_000):
         if stable_run is None:

@@ -28,6 +28,7 @@ from maskgen.inference.tta.base import (
     TTA,
     Restore,
     Segmenter,
+    TTAOption,
     crop,
     entropy_map,
     model_logits,
@@ -43,6 +44,13 @@ def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]
 
 @register_tta("tent")
 class Tent(TTA):
+    SUMMARY = "BatchNorm entropy minimisation per volume"
+    OPTIONS = {
+        "steps": TTAOption("--tta-steps", int, "gradient steps per volume"),
+        "lr": TTAOption("--tta-lr", float, "SGD learning rate"),
+        "seed": TTAOption("--tta-seed", int, "seed of the random crops"),
+    }
+
     def __init__(self, steps: int = 10, lr: float = 1e-3, momentum: float = 0.9, seed: int = 0):
         if steps < 1:
             raise ValueError(f"--tta-steps must be at least 1, got {steps}")
