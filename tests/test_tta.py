@@ -182,7 +182,7 @@ def test_each_adaptation_declares_its_options_and_predict_help_is_made_from_them
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    for key, (flag, _, uses) in tta_options().items():
+    for flag, _, uses in tta_options().values():
         assert flag in help_text
         for tta_name, _, _ in uses:
             assert f"{tta_name}" in help_text
