@@ -313,3 +313,24 @@ def test_torchscript_extractor_is_documented_as_trusted_only(capsys):
     assert "torchscript" in help_text and "trusted" in help_text
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "torchscript" in readme and "trusted" in readme
+
+
+# ----------------------------------------------------------------------------- one split-file contract
+@pytest.mark.parametrize("form", ["json_list", "json_map", "csv_capitalised"])
+def test_train_and_evaluate_read_the_same_split_files(trained_run, tmp_path, form):
+    from maskgen.evaluation.evaluate import read_splits
+
+    ds, _ = trained_run
+    cases = {"casetr00": "train", "casetr01": "train", "casetr02": "train", "casetr03": "train",
+             "caseval00": "val", "casets00": "test", "casets01": "test"}
+    domain = {c: ("siteB" if s == "test" else "siteA") for c, s in cases.items()}
+    path = tmp_path / ("splits.json" if form.startswith("json") else "splits.csv")
+    if form == "json_list":
+        path.write_text(json.dumps([{"case": c, "split": s, "domain": domain[c]} for c, s in cases.items()]))
+    elif form == "json_map":
+        path.write_text(json.dumps({c: {"split": s, "domain": domain[c]} for c, s in cases.items()}))
+    else:
+        path.write_text("Case,Split,Domain\n" + "".join(f"{c},{s},{domain[c]}\n" for c, s in cases.items()))
+    spec = load_dataset(ds, splits_file=path, check=False)
+    assert {c.case_id: c.domain for c in spec.cases} == domain
+    assert read_splits(path) == domain

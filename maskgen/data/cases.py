@@ -6,6 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
+#: split -> (images folder, labels folder) of the nnU-Net v2 raw layout
+SPLIT_FOLDERS = {
+    "train": ("imagesTr", "labelsTr"),
+    "val": ("imagesVal", "labelsVal"),
+    "test": ("imagesTs", "labelsTs"),
+}
 SPLIT_ALIASES = {
     "train": "train", "tr": "train", "training": "train",
     "val": "val", "validation": "val", "valid": "val",

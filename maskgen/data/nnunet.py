@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskgen.data.cases import SPLITS, Case, DatasetError, DatasetSpec, default_domain
+from maskgen.data.cases import SPLIT_FOLDERS, SPLITS, Case, DatasetError, DatasetSpec, default_domain
 from maskgen.data.checks import validate_cases
 from maskgen.data.dataset_json import read_dataset_json
 from maskgen.data.splits import SplitEntry, parse_split_file
@@ -31,11 +31,7 @@ from maskgen.data.splits import SplitEntry, parse_split_file
 __all__ = ["Case", "DatasetError", "DatasetSpec", "load_dataset", "read_dataset_json", "validate_cases"]
 
 # (images folder, labels folder, split implied by the folder)
-_FOLDERS = (
-    ("imagesTr", "labelsTr", "train"),
-    ("imagesVal", "labelsVal", "val"),
-    ("imagesTs", "labelsTs", "test"),
-)
+_FOLDERS = tuple((img, lab, split) for split, (img, lab) in SPLIT_FOLDERS.items())
 _CHANNEL_RE = re.compile(r"(.+)_(\d{4})")
 
 

@@ -18,8 +18,6 @@ one more unseen contrast.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +29,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter1d
 from scipy.spatial import cKDTree
 
-from maskgen.io import atomic_write, atomic_write_json, atomic_write_text, ensure_fresh_dir
+from maskgen.data.cases import SPLIT_FOLDERS
+from maskgen.data.splits import write_split_csv
+from maskgen.io import atomic_write, atomic_write_json, ensure_fresh_dir
 
 DOMAINS = ("T1w", "T2w", "PDw", "FLAIR", "CT")
 LABELS = {"background": 0, "organ": 1, "ellipsoid": 2, "nodule": 3, "vessel": 4}
@@ -86,11 +86,7 @@ DEGRADATIONS: dict[str, Degradation] = {
 }
 
 # split -> (images folder, labels folder) of the nnU-Net v2 raw layout
-_FOLDERS = {
-    "train": ("imagesTr", "labelsTr"),
-    "val": ("imagesVal", "labelsVal"),
-    "test": ("imagesTs", "labelsTs"),
-}
+_FOLDERS = SPLIT_FOLDERS
 _MIN_SHAPE = 32  # field of view in finest voxels; below it the small structures no longer fit
 
 
@@ -612,11 +608,7 @@ def generate_phantom(
             if p not in written:
                 p.unlink()
 
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("case", "split", "domain", "subject"))
-    writer.writerows(rows)
-    atomic_write_text(out / "splits.csv", buf.getvalue())
+    write_split_csv(out / "splits.csv", rows)
     atomic_write_json(
         out / "dataset.json",
         {

@@ -173,3 +173,16 @@ def read_split_file(path: str | Path, file_ending: str = ".nii.gz") -> list[Spli
     if problems:
         raise DatasetError(problems)
     return entries
+
+
+def write_split_csv(path: str | Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    """Write ``(case, split, domain, subject)`` rows as the split CSV that ``read_split_file`` reads back."""
+    import io
+
+    from maskgen.io import atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("case", "split", "domain", "subject"))
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
