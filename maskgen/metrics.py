@@ -24,6 +24,17 @@ def _check_shapes(pred: np.ndarray, ref: np.ndarray) -> None:
         raise ValueError(f"prediction shape {tuple(pred.shape)} differs from reference shape {tuple(ref.shape)}")
 
 
+def drop_ignored(pred: np.ndarray, ref: np.ndarray, ignore: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and reference with the reference's ``ignore`` voxels set to background in both, so they
+    count for no class (nnU-Net's ignore label); unchanged when ``ignore`` is None."""
+    if ignore is None:
+        return pred, ref
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    _check_shapes(pred, ref)
+    keep = ref != ignore
+    return np.where(keep, pred, 0), np.where(keep, ref, 0)
+
+
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
     """Dice ``2|P∩R| / (|P|+|R|)`` for each label: NaN if absent from both, 0 if absent from one."""
     pred, ref = np.asarray(pred), np.asarray(ref)

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
+#: nnU-Net's ignore label: voxels of this label (the highest value) are unannotated; they take no part in
+#: the loss, validation or evaluation and are never predicted
+IGNORE_LABEL = "ignore"
 #: split -> (images folder, labels folder) of the nnU-Net v2 raw layout
 SPLIT_FOLDERS = {
     "train": ("imagesTr", "labelsTr"),
@@ -72,13 +75,19 @@ class DatasetSpec:
 
     @property
     def class_values(self) -> list[int]:
-        """The declared label values, ascending: network output channel ``i`` predicts ``class_values[i]``."""
-        return sorted(int(v) for v in self.labels.values())
+        """The declared label values, ascending: network output channel ``i`` predicts ``class_values[i]``
+        (the ignore label has no channel)."""
+        return sorted(int(v) for k, v in self.labels.items() if k != IGNORE_LABEL)
+
+    @property
+    def ignore_value(self) -> int | None:
+        """Value of the ``ignore`` label, or None."""
+        return None if IGNORE_LABEL not in self.labels else int(self.labels[IGNORE_LABEL])
 
     @property
     def n_classes(self) -> int:
         """Number of output channels a segmentation network needs: one per declared label value."""
-        return len(self.labels)
+        return len(self.class_values)
 
     @property
     def modality(self) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskgen.data.cases import Case, brief
+from maskgen.data.cases import IGNORE_LABEL, Case, brief
 
 
 def validate_cases(cases: list[Case], labels: dict[str, int], progress: bool = False) -> list[str]:
@@ -26,7 +26,8 @@ def validate_cases(cases: list[Case], labels: dict[str, int], progress: bool = F
     for case in tqdm(cases, desc="checking cases", unit="case", disable=not progress):
         problems += _check_case(case, declared, declared_text, seen_in_train if case.split == "train" else None)
     train = [c for c in cases if c.split == "train" and c.label is not None]
-    absent = sorted((v, k) for k, v in labels.items() if int(v) != 0 and int(v) not in seen_in_train)
+    absent = sorted((v, k) for k, v in labels.items()
+                    if int(v) != 0 and k != IGNORE_LABEL and int(v) not in seen_in_train)
     if train and absent and not problems:
         warnings.warn(
             f"{len(absent)} declared class(es) appear in no training label and cannot be learned: "

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from maskgen.data.cases import DatasetError, brief
+from maskgen.data.cases import IGNORE_LABEL, DatasetError, brief
 from maskgen.data.volumes import VOLUME_ENDINGS
 
 _REQUIRED_KEYS = ("channel_names", "labels", "file_ending")
@@ -107,4 +107,7 @@ def _check_labels(path: Path, labels: Any) -> tuple[dict[str, int], list[str]]:
         if value in by_value:
             problems.append(f"{path}: labels {by_value[value]!r} and {name!r} share value {value}")
         by_value.setdefault(value, name)
+    if IGNORE_LABEL in out and out[IGNORE_LABEL] != max(out.values()):
+        problems.append(f"{path}: label {IGNORE_LABEL!r} has value {out[IGNORE_LABEL]}, but nnU-Net's ignore label must "
+                        f"have the highest value (here {max(out.values())})")
     return out, problems

@@ -48,13 +48,14 @@ def preprocess_transform(spacing: Sequence[float] | None, modality: str, with_la
 
 def load_case(
     image: str | Path, label: str | Path | None, spacing: Sequence[float] | None, modality: str,
-    class_values: Sequence[int] | None = None,
+    class_values: Sequence[int] | None = None, ignore_value: int | None = None,
 ) -> dict[str, MetaTensor]:
     """Image (1, D, H, W) float32 in [0, 1] and label (1, D, H, W) of class indices, in RAS at ``spacing``.
 
     Label value ``class_values[i]`` becomes class index ``i`` (None: the values are the indices), so
     declared values of any size (FreeSurfer's 2035) stay exact; a value outside ``class_values`` is an
-    error naming the file, never a silent wrap-around.
+    error naming the file, never a silent wrap-around. ``ignore_value`` (nnU-Net's ignore label) becomes
+    index ``len(class_values)``, one past the last class, so losses and scores can leave it out.
     """
     data = {"image": str(image)}
     if label is not None:
@@ -63,7 +64,7 @@ def load_case(
     out["image"] = out["image"].float()
     if label is not None:
         lab = out["label"]
-        out["label"] = MetaTensor(label_to_classes(lab.as_tensor(), class_values, label), meta=lab.meta)
+        out["label"] = MetaTensor(label_to_classes(lab.as_tensor(), class_values, label, ignore_value), meta=lab.meta)
     return out
 
 
@@ -71,9 +72,16 @@ def class_index_dtype(n_classes: int) -> torch.dtype:
     return torch.uint8 if n_classes <= 256 else torch.int16 if n_classes <= 32768 else torch.int32
 
 
-def label_to_classes(label: torch.Tensor, class_values: Sequence[int] | None, source: str | Path = "label") -> torch.Tensor:
-    """Integer label values -> class indices (position in ``class_values``); None keeps the values."""
+def label_to_classes(label: torch.Tensor, class_values: Sequence[int] | None, source: str | Path = "label",
+                     ignore_value: int | None = None) -> torch.Tensor:
+    """Integer label values -> class indices (position in ``class_values``; ``ignore_value`` -> one past the
+    last); ``class_values`` None keeps the values."""
     values = torch.round(label).to(torch.int64)
+    if ignore_value is not None and class_values is not None:
+        ignored = values == int(ignore_value)
+        classes = label_to_classes(torch.where(ignored, int(class_values[0]), values).float(), class_values, source)
+        n = len(class_values)
+        return torch.where(ignored, n, classes.to(torch.int64)).to(class_index_dtype(n + 1))
     if class_values is None:
         if values.numel() and int(values.min()) < 0:
             raise ValueError(f"{source}: negative label values")

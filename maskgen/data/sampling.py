@@ -26,7 +26,9 @@ class PatchSampler(IterableDataset):
         fg_fraction: float = 0.33,
         seed: int = 0,
         max_fg_points: int = 200_000,
+        ignore_index: int | None = None,
     ):
+        """``ignore_index``: class index of unannotated voxels, never a foreground centre."""
         if not volumes:
             raise ValueError("no training volumes")
         self.images = [v["image"].as_tensor() if hasattr(v["image"], "as_tensor") else v["image"] for v in volumes]
@@ -40,7 +42,7 @@ class PatchSampler(IterableDataset):
         for lab in self.labels:
             per_class = []
             for c in torch.unique(lab).tolist():
-                if c == 0:
+                if c == 0 or c == ignore_index:
                     continue
                 pts = torch.nonzero(lab[0] == c).numpy()
                 if len(pts) > max_fg_points:

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from maskgen.data.cases import IGNORE_LABEL
 from maskgen.io import OutputExistsError, atomic_write_json, atomic_write_text
-from maskgen.metrics import dice_per_class, hd95_per_class
+from maskgen.metrics import dice_per_class, drop_ignored, hd95_per_class
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,7 @@ def evaluate_folder(
     progress: bool = True,
     overwrite: bool = False,
     allow_missing: bool = False,
+    ignore_value: int | None = None,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against the same-named file in ``labels_dir``.
 
@@ -267,6 +269,8 @@ def evaluate_folder(
     no label, and if a label has no prediction unless ``allow_missing`` (a silently skipped case
     would bias the means); allowed, the unscored cases are listed in ``summary["unscored_cases"]``.
     ``file_ending`` None takes the dataset.json next to ``labels_dir``, else every format maskgen reads.
+    Reference voxels of nnU-Net's ``ignore`` label (from ``label_names`` or ``ignore_value``) are scored
+    for no class.
     """
     from tqdm import tqdm
 
@@ -304,12 +308,17 @@ def evaluate_folder(
         label_names = _labels_from_dataset_json(labels_dir.parent / "dataset.json")
     if label_names is not None:
         label_names = {str(k): int(v) for k, v in label_names.items() if int(v) != 0}
+        if IGNORE_LABEL in label_names:
+            ignore_value = label_names.pop(IGNORE_LABEL) if ignore_value is None else ignore_value
+            label_names.pop(IGNORE_LABEL, None)
 
     per_case: list[tuple[str, dict[int, float], dict[int, float]]] = []
     seen: set[int] = set()
     for case in tqdm(sorted(preds), desc="evaluate", disable=not progress):
         pred, pred_affine, _ = _load(preds[case])
         ref, ref_affine, spacing = _load(refs[case])
+        if ignore_value is not None and pred.shape == ref.shape:
+            pred, ref = drop_ignored(pred, ref, ignore_value)
         if pred.shape != ref.shape:
             raise ValueError(
                 f"{preds[case].name}: prediction shape {pred.shape} differs from label shape {ref.shape}"

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from maskgen.data.nnunet import Case
 from maskgen.evaluation.evaluate import case_row, format_table, summarize, write_metrics
 from maskgen.inference.predict import Predictor, write_mask
+from maskgen.metrics import drop_ignored
 from maskgen.runtime.config import TrainConfig
 from maskgen.training.trainer import Trainer
 
@@ -52,7 +53,8 @@ def score_cases(
     ``keep`` names cases whose prediction arrays are returned (for figures).
     """
     out_dir = Path(out_dir)
-    fg = {k: int(v) for k, v in label_names.items() if int(v) != 0}
+    ignore = predictor.cfg.ignore_value
+    fg = {k: int(v) for k, v in label_names.items() if int(v) != 0 and int(v) != ignore}
     rows, kept = [], {}
     for case in tqdm(cases, desc="test", disable=not progress):
         if case.label is None:
@@ -60,8 +62,9 @@ def score_cases(
         labels, _, original = predictor.predict_file(case.image)
         ref_img = nib.load(str(case.label))
         ref = np.asarray(ref_img.dataobj).reshape(labels.shape).astype(np.int64)
+        labels_scored, ref = drop_ignored(labels, ref, ignore)
         spacing = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
-        rows.append(case_row(case.case_id, case.domain, labels, ref, spacing, fg, compute_hd95))
+        rows.append(case_row(case.case_id, case.domain, labels_scored, ref, spacing, fg, compute_hd95))
         if save_predictions:
             write_mask(labels, original, out_dir / "predictions" / f"{case.case_id}.nii.gz")
         if case.case_id in keep:

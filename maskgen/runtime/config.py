@@ -51,6 +51,8 @@ class TrainConfig:
     #: label value of each network output channel (channel i predicts ``class_values[i]``); None in runs
     #: saved before it existed, whose channels are the values 0..n_classes-1
     class_values: list[int] | None = None
+    #: value of nnU-Net's ignore label in the dataset (no output channel; left out of loss and scores)
+    ignore_value: int | None = None
 
     #: settings ``--resume`` may change; any other setting given on resume must match the saved run
     RESUMABLE_CHANGES = ("steps", "device", "num_workers")
@@ -64,6 +66,11 @@ class TrainConfig:
         if self.class_values is not None:
             return [int(v) for v in self.class_values]
         return list(range(int(self.n_classes or 0)))
+
+    @property
+    def ignore_index(self) -> int | None:
+        """Class index that marks ignored voxels in preprocessed labels: one past the last channel."""
+        return None if self.ignore_value is None else len(self.channel_values())
 
     def with_absolute_paths(self) -> TrainConfig:
         """Paths resolved against the current directory (``~`` expanded), so the saved run works from anywhere."""
@@ -80,7 +87,7 @@ class TrainConfig:
         at None (decided when the run starts) and those in ``RESUMABLE_CHANGES`` never conflict.
         """
         problems = []
-        filled_at_start = {"modality", "n_classes", "label_names", "feature_channels", "class_values"}
+        filled_at_start = {"modality", "n_classes", "label_names", "feature_channels", "class_values", "ignore_value"}
         for f in fields(self):
             name = f.name
             if name in self.RESUMABLE_CHANGES or name in filled_at_start or (given is not None and name not in given):

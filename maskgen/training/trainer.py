@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -26,12 +25,13 @@ from maskgen.data.preprocess import load_case, median_spacing
 from maskgen.data.sampling import PatchSampler, round_up
 from maskgen.device import autocast, place_model, resolve_device
 from maskgen.io import OutputExistsError, atomic_torch_save
-from maskgen.metrics import dice_per_class
+from maskgen.metrics import dice_per_class, drop_ignored
 from maskgen.runtime.build import build_extractor_from_config, build_method_from_config
 from maskgen.runtime.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from maskgen.runtime.config import TrainConfig
 from maskgen.runtime.sliding import sliding_window_probs
 from maskgen.steplog import StepLog, truncate_step_log
+from maskgen.training.losses import segmentation_loss
 
 LOG_FIELDS = ["step", "loss", "lr", "val_dice", "seconds"]
 PAPER_CROP = 128
@@ -128,7 +128,8 @@ class Trainer:
         _attach_file_log(self.run_dir / "train.log")
         cfg.modality = self.spec.modality
         cfg.n_classes = self.spec.n_classes
-        cfg.label_names = dict(self.spec.labels)
+        cfg.label_names = {k: v for k, v in self.spec.labels.items() if v != self.spec.ignore_value}
+        cfg.ignore_value = self.spec.ignore_value
         if cfg.class_values is None:
             cfg.class_values = self.spec.class_values
         elif list(cfg.class_values) != self.spec.class_values:
@@ -141,12 +142,12 @@ class Trainer:
         if self.extractor is not None:
             self.extractor.to(self.device)
         self.train_vols = [
-            load_case(c.image, c.label, cfg.spacing, cfg.modality, cfg.class_values)
+            load_case(c.image, c.label, cfg.spacing, cfg.modality, cfg.class_values, cfg.ignore_value)
             for c in tqdm(train_cases, desc="load train", disable=not self.progress, leave=False)
         ]
         self.val_cases = val_cases
         self.val_vols = [
-            load_case(c.image, c.label, cfg.spacing, cfg.modality, cfg.class_values)
+            load_case(c.image, c.label, cfg.spacing, cfg.modality, cfg.class_values, cfg.ignore_value)
             for c in tqdm(val_cases, desc="load val", disable=not self.progress, leave=False)
         ]
         self.method = place_model(build_method_from_config(cfg, self.extractor), self.device)
@@ -155,8 +156,7 @@ class Trainer:
         if not self.resume:
             self._discard_previous_run()
         cfg.save(self.run_dir / "config.yaml")
-        # batch Dice (nnU-Net's choice): a class absent from one patch does not push its probability to 0
-        self.criterion = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        self.criterion = segmentation_loss(cfg.ignore_index)
         self.optimizer = torch.optim.AdamW(self.method.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cosine_factor(s, cfg.steps))
         self.step = 0
@@ -228,8 +228,8 @@ class Trainer:
             probs = sliding_window_probs(
                 self.method, self.extractor, vol["image"], self.cfg.patch_size, self.cfg.val_overlap, self.device, self.cfg.amp
             )
-            pred = probs.argmax(0).numpy()
-            d = dice_per_class(pred, vol["label"][0].numpy(), labels)
+            pred, ref = drop_ignored(probs.argmax(0).numpy(), vol["label"][0].numpy(), self.cfg.ignore_index)
+            d = dice_per_class(pred, ref, labels)
             vals = [v for v in d.values() if not math.isnan(v)]
             scores.append(float(np.mean(vals)) if vals else float("nan"))
         return float(np.nanmean(scores))
@@ -251,6 +251,7 @@ class Trainer:
             build_augmentation(cfg.aug_prob, flips=cfg.flips),
             fg_fraction=cfg.fg_fraction,
             seed=cfg.seed + self.step,
+            ignore_index=cfg.ignore_index,
         )
         loader = DataLoader(
             sampler,

@@ -159,9 +159,11 @@ def crop(x: torch.Tensor, start: tuple[int, ...], patch: tuple[int, ...]) -> tor
 
 
 def mean_foreground_dice(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> float:
-    """Mean Dice over foreground classes present in prediction or reference (as ``Trainer.validate``)."""
-    from maskgen.metrics import dice_per_class
+    """Mean Dice over foreground classes present in prediction or reference (as ``Trainer.validate``); reference
+    voxels of index ``n_classes`` and above (the ignore label) count for no class."""
+    from maskgen.metrics import dice_per_class, drop_ignored
 
+    pred, ref = drop_ignored(pred, np.where(np.asarray(ref) >= n_classes, n_classes, ref), n_classes)
     d = dice_per_class(pred, ref, list(range(1, n_classes)))
     vals = [v for v in d.values() if not math.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
@@ -183,7 +185,7 @@ def validation_volumes(predictor: Segmenter) -> list[dict[str, Any]]:
         raise ValueError(f"{cfg.dataset}: the run has no labelled validation cases to tune on")
     vols = []
     for c in cases:
-        v = load_case(c.image, c.label, cfg.spacing, cfg.modality or "MR", cfg.class_values)
+        v = load_case(c.image, c.label, cfg.spacing, cfg.modality or "MR", cfg.class_values, cfg.ignore_value)
         vols.append({"case": c.case_id, "image": v["image"].as_tensor(), "label": v["label"].as_tensor()[0]})
     return vols
 
