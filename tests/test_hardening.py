@@ -334,3 +334,29 @@ def test_train_and_evaluate_read_the_same_split_files(trained_run, tmp_path, for
     spec = load_dataset(ds, splits_file=path, check=False)
     assert {c.case_id: c.domain for c in spec.cases} == domain
     assert read_splits(path) == domain
+
+
+# ------------------------------------------------------------------------ test-time mirroring (--mirror)
+def test_mirroring_averages_all_flips_so_the_output_is_flip_equivariant(trained_run, tmp_path):
+    from maskgen.inference.predict import MIRROR_FLIPS
+
+    _, run = trained_run
+    assert len(set(MIRROR_FLIPS)) == 8
+    torch.manual_seed(0)
+    image = torch.rand(1, 16, 16, 12)
+    plain, mirrored = Predictor(run), Predictor(run, mirror=True)
+    for axis in (1, 2, 3):
+        flipped = torch.flip(image, [axis])
+        np.testing.assert_allclose(mirrored.window_probs(flipped).numpy(),
+                                   torch.flip(mirrored.window_probs(image), [axis]).numpy(), atol=1e-5)
+    p = mirrored.window_probs(image)
+    np.testing.assert_allclose(p.sum(0).numpy(), 1.0, atol=1e-5)
+    # the average of the eight flipped predictions, computed here by hand
+    by_hand = sum(torch.flip(plain.window_probs(torch.flip(image, [a + 1 for a in f])), [a + 1 for a in f])
+                  for f in MIRROR_FLIPS) / 8
+    np.testing.assert_allclose(p.numpy(), by_hand.numpy(), atol=1e-6)
+    assert not torch.allclose(plain.window_probs(image), p, atol=1e-4)  # it does change the answer
+    out = tmp_path / "m"
+    src = sorted((trained_run[0] / "imagesTs").iterdir())[0]
+    assert main(["predict", "--run", str(run), "--input", str(src), "--output", str(out), "--mirror"]) == 0
+    assert len(list(out.iterdir())) == 1

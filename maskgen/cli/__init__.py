@@ -134,7 +134,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from maskgen.inference.predict import Predictor
 
     tta = _tta_from_args(args)
-    pred = Predictor(args.run, checkpoint=args.checkpoint, device=args.device, feature_mask=args.mask, tta=tta)
+    pred = Predictor(args.run, checkpoint=args.checkpoint, device=args.device, feature_mask=args.mask, tta=tta,
+                     mirror=args.mirror)
     written = pred.predict_to_folder(args.input, args.output, overwrite=args.overwrite,
                                      save_probabilities=args.save_probabilities)
     print(f"wrote {len(written)} files to {args.output}")
@@ -221,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--save-probabilities", action="store_true", help="also write probabilities/<case>.nii.gz (4D: X, Y, Z, class)")
     pr.add_argument("--mask", default=None, choices=["image", "features"],
                     help="zero one input source at inference, to measure the model's dependence on it")
+    pr.add_argument("--mirror", action="store_true",
+                    help="test-time augmentation: average over the 8 flips of the three axes (nnU-Net's mirroring; "
+                         "8x slower; off by default)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--overwrite", action="store_true")
     _add_tta_args(pr)

@@ -29,6 +29,8 @@ from maskgen.runtime.config import TrainConfig
 from maskgen.runtime.sliding import sliding_window_probs
 
 log = logging.getLogger("maskgen")
+#: every subset of the three spatial axes: nnU-Net's mirroring at prediction
+MIRROR_FLIPS = tuple(tuple(a for a in range(3) if mask >> a & 1) for mask in range(8))
 
 
 def case_name(path: Path) -> str:
@@ -97,7 +99,10 @@ class Predictor:
     """A trained run, ready to segment volumes."""
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
-                 overlap: float | None = None, feature_mask: str | None = None, tta: TTA | None = None):
+                 overlap: float | None = None, feature_mask: str | None = None, tta: TTA | None = None,
+                 mirror: bool = False):
+        """``mirror``: average the softmax over the 8 flips of the three axes (nnU-Net's test-time mirroring,
+        8x the compute); a test-time augmentation, unlike ``tta`` (adaptation), which changes nothing."""
         self.run_dir = Path(run_dir)
         self.checkpoint = checkpoint
         cfg_path = self.run_dir / "config.yaml"
@@ -117,16 +122,25 @@ class Predictor:
             self.extractor.to(self.device)
         self.overlap = self.cfg.val_overlap if overlap is None else overlap
         self.feature_mask = feature_mask
+        self.mirror = bool(mirror)
         #: test-time adaptation; the default is plain sliding-window inference (``maskgen.inference.tta``)
         self.tta = tta if tta is not None else TTA()
         self.tta.setup(self)
 
     def window_probs(self, image: torch.Tensor) -> torch.Tensor:
-        """Plain sliding-window softmax probabilities (C, D, H, W) for a preprocessed image (1, D, H, W)."""
-        return sliding_window_probs(
-            self.method, self.extractor, image, self.cfg.patch_size, self.overlap, self.device,
-            self.cfg.amp, feature_mask=self.feature_mask,
-        )
+        """Sliding-window softmax probabilities (C, D, H, W) for a preprocessed image (1, D, H, W); with
+        ``mirror``, the mean over every flip of the spatial axes, each flipped back."""
+        flips = MIRROR_FLIPS if self.mirror else ((),)
+        total = None
+        for axes in flips:
+            x = torch.flip(image, [a + 1 for a in axes]) if axes else image
+            p = sliding_window_probs(
+                self.method, self.extractor, x, self.cfg.patch_size, self.overlap, self.device,
+                self.cfg.amp, feature_mask=self.feature_mask,
+            )
+            p = torch.flip(p, [a + 1 for a in axes]) if axes else p
+            total = p if total is None else total + p
+        return total / len(flips)
 
     def probabilities(self, path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
         """Class probabilities (C, X, Y, Z) on the input file's own voxel grid, and the input image."""
