@@ -103,3 +103,24 @@ def hd95_per_class(
             hd = compute_hausdorff_distance(yp, yr, include_background=True, percentile=95, spacing=spacing)
         out[int(lab)] = float(hd.reshape(-1)[0])
     return out
+
+
+def confusion_per_class(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> dict[int, dict[str, float]]:
+    """nnU-Net's per-label metrics: ``Dice``, ``IoU`` (NaN when the label is in neither map), ``TP``, ``FP``,
+    ``FN``, ``TN``, ``n_pred``, ``n_ref`` (voxel counts), so its summary.json keys can be written."""
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    _check_shapes(pred, ref)
+    out: dict[int, dict[str, float]] = {}
+    for v in labels:
+        p, r = pred == v, ref == v
+        tp = int(np.count_nonzero(p & r))
+        fp = int(np.count_nonzero(p & ~r))
+        fn = int(np.count_nonzero(~p & r))
+        tn = int(p.size - tp - fp - fn)
+        union = tp + fp + fn
+        out[int(v)] = {
+            "Dice": 2 * tp / (2 * tp + fp + fn) if union else math.nan,
+            "IoU": tp / union if union else math.nan,
+            "FN": fn, "FP": fp, "TN": tn, "TP": tp, "n_pred": tp + fp, "n_ref": tp + fn,
+        }  # fmt: skip
+    return out

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -219,7 +220,25 @@ def test_case_row_and_write_metrics_match_folder_evaluation(dataset, tmp_path):
     out = tmp_path / "mem"
     write_metrics(rows, summary, names, out)
     folder = evaluate_folder(pred_dir, labels_dir, splits_file=splits, label_names=names, progress=False)
-    assert summary == folder
+    assert summary == {k: v for k, v in folder.items() if k not in ("metric_per_case", "mean", "foreground_mean")}
     assert (out / "metrics_per_case.csv").read_text() == (pred_dir / "metrics_per_case.csv").read_text()
     with pytest.raises(OutputExistsError, match="summary.json|metrics_per_case.csv"):
         write_metrics(rows, summary, names, out)
+
+
+def test_summary_also_carries_nnunet_keys(dataset):
+    """``metric_per_case``, ``mean`` and ``foreground_mean`` as nnU-Net v2 writes them (string label keys)."""
+    pred_dir, labels_dir, splits = dataset
+    names = {"background": 0, "big": 1, "small": 2}
+    evaluate_folder(pred_dir, labels_dir, splits_file=splits, label_names=names, progress=False)
+    s = json.loads((pred_dir / "summary.json").read_text())
+    cases = sorted(s["metric_per_case"], key=lambda c: c["prediction_file"])
+    assert [Path(c["prediction_file"]).name for c in cases] == [f"{c}.nii.gz" for c in sorted(CASES)]
+    a2 = cases[1]["metrics"]  # a_002: class 1 shifted by one voxel, class 2 exact
+    assert a2["1"] == {"Dice": 0.75, "IoU": 0.6, "FN": 16, "FP": 16, "TN": 1000 - 64 - 16, "TP": 48,
+                       "n_pred": 64, "n_ref": 64}
+    assert a2["2"]["Dice"] == 1.0 and a2["2"]["TP"] == 8
+    assert s["mean"]["1"]["Dice"] == pytest.approx(np.mean([1.0, 0.75, 0.5, 0.75]))
+    assert s["mean"]["2"]["Dice"] == pytest.approx(0.5)
+    assert s["foreground_mean"]["Dice"] == pytest.approx((s["mean"]["1"]["Dice"] + 0.5) / 2)
+    assert s["mean"]["2"]["IoU"] == pytest.approx(0.5)

@@ -23,7 +23,7 @@ import numpy as np
 
 from maskgen.data.cases import IGNORE_LABEL
 from maskgen.io import OutputExistsError, atomic_write_json, atomic_write_text
-from maskgen.metrics import dice_per_class, drop_ignored, hd95_per_class
+from maskgen.metrics import confusion_per_class, dice_per_class, drop_ignored, hd95_per_class
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,46 @@ def case_row(
     return _row(case, domain, dice, hd, fg, compute_hd95)
 
 
+def nnunet_summary(cases: list[tuple[str, str, dict[int, dict[str, float]]]]) -> dict[str, Any]:
+    """nnU-Net v2's ``summary.json`` keys from ``(prediction_file, reference_file, confusion_per_class)`` per
+    case: ``metric_per_case``, ``mean`` (per label, NaN-skipping mean over cases) and ``foreground_mean``
+    (mean of those over labels). Label keys are strings, as nnU-Net writes them; NaN becomes null."""
+    per_case = [{"metrics": {str(v): m for v, m in counts.items()}, "prediction_file": pf, "reference_file": rf}
+                for pf, rf, counts in cases]
+    labels = sorted({v for _, _, counts in cases for v in counts})
+    metrics = list(next(iter(cases[0][2].values())).keys()) if cases and cases[0][2] else []
+    mean: dict[str, dict[str, float | None]] = {}
+    for v in labels:
+        mean[str(v)] = {}
+        for k in metrics:
+            vals = np.asarray([c[v][k] for _, _, c in cases if v in c], dtype=float)
+            vals = vals[~np.isnan(vals)]
+            mean[str(v)][k] = float(vals.mean()) if vals.size else None
+    fg = {k: [mean[str(v)][k] for v in labels if mean[str(v)][k] is not None] for k in metrics}
+    foreground_mean = {k: (float(np.mean(x)) if x else None) for k, x in fg.items()}
+    return {"metric_per_case": _json_nan(per_case), "mean": mean, "foreground_mean": foreground_mean}
+
+
+def _with_labels(confusions, label_names: dict[str, int]):
+    """Every scored label in every case (a label absent from a case's maps is NaN there, as in nnU-Net)."""
+    values = [int(v) for v in label_names.values()]
+
+    def empty(n: int) -> dict[str, float]:
+        return {"Dice": math.nan, "IoU": math.nan, "FN": 0, "FP": 0, "TN": n, "TP": 0, "n_pred": 0, "n_ref": 0}
+
+    return [(pf, rf, {v: c.get(v) or empty(n) for v in values}) for pf, rf, c, n in confusions]
+
+
+def _json_nan(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_nan(v) for v in obj]
+    return obj
+
+
 def _check_fresh(out_dir: Path, overwrite: bool) -> tuple[Path, Path]:
     csv_path, json_path = out_dir / METRICS_CSV, out_dir / SUMMARY_JSON
     if not overwrite:
@@ -313,6 +353,7 @@ def evaluate_folder(
             label_names.pop(IGNORE_LABEL, None)
 
     per_case: list[tuple[str, dict[int, float], dict[int, float]]] = []
+    confusions: list[tuple[str, str, dict[int, dict[str, float]], int]] = []
     seen: set[int] = set()
     for case in tqdm(sorted(preds), desc="evaluate", disable=not progress):
         pred, pred_affine, _ = _load(preds[case])
@@ -334,6 +375,7 @@ def evaluate_folder(
             labels = [int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v != 0]
             seen.update(labels)
         per_case.append((case, *_case_metrics(pred, ref, spacing, labels, compute_hd95)))
+        confusions.append((str(preds[case]), str(refs[case]), confusion_per_class(pred, ref, labels), int(ref.size)))
 
     if label_names is None:
         label_names = {f"label_{v}": v for v in sorted(seen)}
@@ -342,6 +384,7 @@ def evaluate_folder(
         _row(case, domains.get(case, DEFAULT_DOMAIN), dice, hd, label_names, compute_hd95) for case, dice, hd in per_case
     ]
     summary = summarize(rows, label_names, unscored=unpredicted)
+    summary.update(nnunet_summary(_with_labels(confusions, label_names)))
     csv_path, json_path = write_metrics(rows, summary, label_names, out_dir, compute_hd95, overwrite)
     log.info("wrote %s and %s\n%s", csv_path, json_path, format_table(summary))
     return summary

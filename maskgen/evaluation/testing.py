@@ -15,9 +15,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from maskgen.data.nnunet import Case
-from maskgen.evaluation.evaluate import case_row, format_table, summarize, write_metrics
+from maskgen.evaluation.evaluate import case_row, format_table, nnunet_summary, summarize, write_metrics
 from maskgen.inference.predict import Predictor, write_mask
-from maskgen.metrics import drop_ignored
+from maskgen.metrics import confusion_per_class, drop_ignored
 from maskgen.runtime.config import TrainConfig
 from maskgen.training.trainer import Trainer
 
@@ -55,7 +55,7 @@ def score_cases(
     out_dir = Path(out_dir)
     ignore = predictor.cfg.ignore_value
     fg = {k: int(v) for k, v in label_names.items() if int(v) != 0 and int(v) != ignore}
-    rows, kept = [], {}
+    rows, kept, confusions = [], {}, []
     for case in tqdm(cases, desc="test", disable=not progress):
         if case.label is None:
             continue
@@ -65,6 +65,8 @@ def score_cases(
         labels_scored, ref = drop_ignored(labels, ref, ignore)
         spacing = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
         rows.append(case_row(case.case_id, case.domain, labels_scored, ref, spacing, fg, compute_hd95))
+        confusions.append((f"predictions/{case.case_id}.nii.gz", str(case.label),
+                           confusion_per_class(labels_scored, ref, list(fg.values()))))
         if save_predictions:
             write_mask(labels, original, out_dir / "predictions" / f"{case.case_id}.nii.gz")
         if case.case_id in keep:
@@ -72,5 +74,6 @@ def score_cases(
     if not rows:
         return {"rows": [], "summary": None, "table": "no labelled test cases", "predictions": kept}
     summary = summarize(rows, fg)
+    summary.update(nnunet_summary(confusions))
     write_metrics(rows, summary, fg, out_dir, compute_hd95=compute_hd95, overwrite=overwrite)
     return {"rows": rows, "summary": summary, "table": format_table(summary), "predictions": kept}
