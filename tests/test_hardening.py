@@ -360,3 +360,35 @@ def test_mirroring_averages_all_flips_so_the_output_is_flip_equivariant(trained_
     src = sorted((trained_run[0] / "imagesTs").iterdir())[0]
     assert main(["predict", "--run", str(run), "--input", str(src), "--output", str(out), "--mirror"]) == 0
     assert len(list(out.iterdir())) == 1
+
+
+# ------------------------------------------------------------------ rerun from config, caller's logging
+def test_train_config_reruns_a_run_exactly_and_flags_override_it(tiny_dataset, tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert main(["train", str(tiny_dataset), "--out", str(a), "--no-test", "--method", "maskgen", "--mask-rate",
+                 "0.25", "--seed", "3", "--lr", "1e-3", *TINY]) == 0
+    assert main(["train", "--config", str(a / "config.yaml"), "--out", str(b), "--no-test"]) == 0
+    ca, cb = (yaml.safe_load((r / "config.yaml").read_text()) for r in (a, b))
+    assert {**ca, "out": None} == {**cb, "out": None} and cb["out"] == str(b)
+
+    def losses(run):
+        return [row.split(",")[1] for row in (run / "log.csv").read_text().splitlines()[1:]]
+
+    assert losses(a) == losses(b)  # same settings, same seed: the same run, step by step
+    assert main(["train", "--config", str(a / "config.yaml"), "--out", str(c), "--no-test", "--lr", "5e-4"]) == 0
+    cc = yaml.safe_load((c / "config.yaml").read_text())
+    assert cc["lr"] == 5e-4 and cc["hparams"]["mask_rate"] == 0.25 and cc["seed"] == 3
+    # rerunning into the saved folder itself is refused like any existing run folder
+    assert main(["train", "--config", str(a / "config.yaml"), "--no-test"]) == 2
+
+
+def test_training_leaves_the_callers_logging_alone(tiny_dataset, tmp_path, capsys):
+    import logging
+
+    root, pkg = logging.getLogger(), logging.getLogger("maskgen")
+    before = (root.level, list(root.handlers), pkg.level, list(pkg.handlers))
+    run = tmp_path / "run"
+    train_and_test(_cfg(tiny_dataset, run), test=False, progress=False)
+    assert (root.level, list(root.handlers), pkg.level, list(pkg.handlers)) == before
+    text = (run / "train.log").read_text()
+    assert "method=erm" in text and "step 2 loss" in text  # the run's own log still has everything

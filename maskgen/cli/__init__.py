@@ -106,7 +106,7 @@ def given_settings(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
             a.default = d
     given = set()
     for dest, value in vars(ns).items():
-        if value is _NOT_GIVEN or dest in ("func", "command", "verbose", "resume", "overwrite", "no_test"):
+        if value is _NOT_GIVEN or dest in ("func", "command", "verbose", "resume", "overwrite", "no_test", "config"):
             continue
         given.add("hparams" if dest.startswith("hp_") else dest)
     return given | {"dataset"}
@@ -121,13 +121,43 @@ def _subparser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Arg
 def cmd_train(args: argparse.Namespace) -> int:
     from maskgen.evaluation.testing import train_and_test
 
-    cfg = _config_from_args(args, args.dataset, args.out)
-    given = given_settings(build_parser(), args.argv) if args.resume else None
+    if args.config is not None:
+        cfg = _config_from_file(args)
+        given = None
+    else:
+        if args.dataset is None or args.out is None:
+            raise ValueError("train needs DATASET and --out (or --config RUN/config.yaml to rerun a run)")
+        cfg = _config_from_args(args, args.dataset, args.out)
+        given = given_settings(build_parser(), args.argv) if args.resume else None
     result = train_and_test(cfg, resume=args.resume, overwrite=args.overwrite, test=not args.no_test, given=given)
+    args.out = cfg.out
     print(f"best validation Dice {result['best_val_dice']:.4f} at step {result['best_step']}; run folder {args.out}")
     if "test_table" in result:
         print(result["test_table"])
     return 0
+
+
+def _config_from_file(args: argparse.Namespace):
+    """A saved run's configuration, with the settings given on the command line on top (``--out`` included)."""
+    from dataclasses import fields, replace
+
+    from maskgen.runtime.config import TrainConfig
+
+    saved = TrainConfig.load(args.config)
+    # what a run fills in when it starts is worked out again from the dataset
+    cfg = replace(saved, modality=None, n_classes=None, label_names=None, feature_channels=None, class_values=None,
+                  ignore_value=None)
+    given = given_settings(build_parser(), args.argv) - {"dataset"}
+    from_args = _config_from_args(args, args.dataset or cfg.dataset, args.out or cfg.out)
+    names = {f.name for f in fields(TrainConfig)}
+    for name in given & names:
+        value = getattr(from_args, name)
+        setattr(cfg, name, {**cfg.hparams, **value} if name == "hparams" else value)
+    if args.dataset is not None:
+        cfg.dataset = args.dataset
+    if args.out is not None:
+        cfg.out = args.out
+    return cfg
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -204,8 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     ph.set_defaults(func=cmd_phantom)
 
     tr = sub.add_parser("train", help="train a model on an nnU-Net-layout dataset, then test it")
-    tr.add_argument("dataset", help="dataset folder with dataset.json, imagesTr, labelsTr, ...")
-    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument("dataset", nargs="?", default=None,
+                    help="dataset folder with dataset.json, imagesTr, labelsTr, ... (default with --config: the saved one)")
+    tr.add_argument("--out", default=None, help="run folder (required unless --config gives one)")
+    tr.add_argument("--config", default=None, metavar="RUN/config.yaml",
+                    help="rerun a run from its saved configuration; flags given as well override it (give --out "
+                         "for a new folder)")
     tr.add_argument("--splits", default=None, help="CSV/JSON assigning cases to train/val/test and domains")
     tr.add_argument("--train-subjects", type=int, default=None, help="few-shot: train on N random subjects")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")

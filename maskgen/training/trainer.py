@@ -125,7 +125,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.run_dir.glob(".*.tmp"):  # what a kill during an atomic write left behind
             stale.unlink(missing_ok=True)
-        _attach_file_log(self.run_dir / "train.log")
+        self.file_log = _run_file_log(self.run_dir / "train.log")
         cfg.modality = self.spec.modality
         cfg.n_classes = self.spec.n_classes
         cfg.label_names = {k: v for k, v in self.spec.labels.items() if v != self.spec.ignore_value}
@@ -215,7 +215,7 @@ class Trainer:
         self.best_step = int(ckpt["best_step"])
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         truncate_step_log(self.run_dir / "log.csv", self.step, LOG_FIELDS)
-        log.info("resumed from step %d (best val Dice %.4f at step %d)", self.step, self.best_dice, self.best_step)
+        self._note("resumed from step %d (best val Dice %.4f at step %d)", self.step, self.best_dice, self.best_step)
 
     # -------------------------------------------------------------- validation
     def validate(self) -> float:
@@ -240,7 +240,7 @@ class Trainer:
         cfg = self.cfg
         if self.resume:
             self._restore()
-        log.info(
+        self._note(
             "method=%s hparams=%s extractor=%s patch=%s spacing=%s steps=%d device=%s",
             cfg.method, self.method.hparams, cfg.extractor if self.extractor else "none", cfg.patch_size,
             cfg.spacing, cfg.steps, self.device,
@@ -302,17 +302,27 @@ class Trainer:
                     if improved or not self.val_vols:
                         atomic_torch_save(ckpt, self.run_dir / "checkpoint_best.pt")
                     atomic_torch_save(ckpt, self.run_dir / "checkpoint_latest.pt")
-                    log.info("step %d loss %.4f val Dice %.4f (best %.4f @ %d)", self.step, loss_v, last_val,
+                    self._note("step %d loss %.4f val Dice %.4f (best %.4f @ %d)", self.step, loss_v, last_val,
                              self.best_dice, self.best_step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_v:.3f}", val=f"{last_val:.3f}", best=f"{self.best_dice:.3f}")
         finally:
             bar.close()
             step_log.close()
+            for h in self.file_log.handlers:
+                h.flush()
         self._plot()
+        for h in list(self.file_log.handlers):
+            self.file_log.removeHandler(h)
+            h.close()
         result = {"best_val_dice": self.best_dice, "best_step": self.best_step, "steps": self.step,
                   "run_dir": str(self.run_dir)}
         return result
+
+    def _note(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
+        """To ``train.log`` always, and to the ``maskgen`` logger, which the caller configures."""
+        log.log(level, msg, *args)
+        self.file_log.log(level, msg, *args)
 
     def _plot(self) -> None:
         try:
@@ -321,7 +331,7 @@ class Trainer:
             plot_training_curves(self.run_dir / "log.csv", self.run_dir / "training_curves.png",
                                  title=f"{self.cfg.method} on {Path(self.cfg.dataset).name}")
         except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
-            log.warning("could not plot training curves: %s", e)
+            self._note("could not plot training curves: %s", e, level=logging.WARNING)
 
 
 def _single_thread_worker(_: int) -> None:
@@ -329,12 +339,16 @@ def _single_thread_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _attach_file_log(path: Path) -> None:
-    for h in list(log.handlers):
-        if isinstance(h, logging.FileHandler):
-            log.removeHandler(h)
-            h.close()
+def _run_file_log(path: Path) -> logging.Logger:
+    """A logger that writes ``train.log`` only: it does not propagate, so the caller's logging (levels,
+    handlers, the root logger) is left exactly as the caller set it."""
+    logger = logging.getLogger(f"maskgen.runlog.{path.parent.resolve()}")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
     h = logging.FileHandler(path)
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(h)
-    log.setLevel(logging.INFO)
+    logger.addHandler(h)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
