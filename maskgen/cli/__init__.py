@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from maskgen import __version__
@@ -131,6 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         given = given_settings(build_parser(), args.argv) if args.resume else None
     result = train_and_test(cfg, resume=args.resume, overwrite=args.overwrite, test=not args.no_test, given=given)
     args.out = cfg.out
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 alone reports
     print(f"best validation Dice {result['best_val_dice']:.4f} at step {result['best_step']}; run folder {args.out}")
     if "test_table" in result:
         print(result["test_table"])

@@ -27,6 +27,8 @@ def train_and_test(cfg: TrainConfig, resume: bool = False, overwrite: bool = Fal
     """Train, then score the best checkpoint on the labelled test cases (``given``: see ``Trainer``)."""
     trainer = Trainer(cfg, resume=resume, overwrite=overwrite, progress=progress, given=given)
     result = trainer.run()
+    if not trainer.dist.is_main:  # under torchrun, rank 0 alone tests the run
+        return result
     test_cases = [c for c in trainer.spec.split("test") if c.label is not None]
     if test and test_cases:
         predictor = Predictor(trainer.run_dir, checkpoint="best", device=trainer.cfg.device)

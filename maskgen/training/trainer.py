@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from maskgen import distributed
 from maskgen.data.augment import build_augmentation
 from maskgen.data.nnunet import DatasetSpec, load_dataset
 from maskgen.data.preprocess import load_case, median_spacing
@@ -83,7 +84,12 @@ class Trainer:
             log.info("%s: an earlier start left no checkpoint; starting again", self.run_dir)
         self.resume = resume
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        #: this process's place in a torchrun job (one process: rank 0 of 1); rank 0 alone writes files
+        self.dist = distributed.from_env()
+        self.device = distributed.device_for(self.dist, resolve_device(cfg.device))
+        self._own_group = distributed.setup(self.dist, self.device)
+        self.progress = progress and self.dist.is_main
+        distributed.barrier(self.dist)  # every rank has checked the folder before rank 0 writes into it
 
     def _resumed_config(self, cfg: TrainConfig, saved: TrainConfig, given: set[str] | None) -> TrainConfig:
         """The saved run's configuration with what resume may change; any other difference is refused."""
@@ -121,11 +127,12 @@ class Trainer:
         train_cases, val_cases = self.spec.split("train"), self.spec.split("val")
         if not train_cases:
             raise ValueError(f"{cfg.dataset}: no training cases")
-        # the run folder is created only once the dataset has passed its checks
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.run_dir.glob(".*.tmp"):  # what a kill during an atomic write left behind
-            stale.unlink(missing_ok=True)
-        self.file_log = _run_file_log(self.run_dir / "train.log")
+        main = self.dist.is_main
+        if main:  # the run folder is created only once the dataset has passed its checks
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.run_dir.glob(".*.tmp"):  # what a kill during an atomic write left behind
+                stale.unlink(missing_ok=True)
+        self.file_log = _run_file_log(self.run_dir / "train.log") if main else _silent_log()
         cfg.modality = self.spec.modality
         cfg.n_classes = self.spec.n_classes
         cfg.label_names = {k: v for k, v in self.spec.labels.items() if v != self.spec.ignore_value}
@@ -153,15 +160,29 @@ class Trainer:
         self.method = place_model(build_method_from_config(cfg, self.extractor), self.device)
         cfg.hparams = dict(self.method.hparams)  # config.yaml records every resolved value, defaults included
         cfg.patch_size = self._resolve_patch(cfg.patch_size)
-        if not self.resume:
-            self._discard_previous_run()
-        cfg.save(self.run_dir / "config.yaml")
+        if main:
+            if not self.resume:
+                self._discard_previous_run()
+            cfg.save(self.run_dir / "config.yaml")
         self.criterion = segmentation_loss(cfg.ignore_index)
+        self.step_module = self._distributed_step()
         self.optimizer = torch.optim.AdamW(self.method.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cosine_factor(s, cfg.steps))
         self.step = 0
         self.best_dice = -1.0
         self.best_step = -1
+
+    def _distributed_step(self) -> torch.nn.Module:
+        """The module one training step calls: the method's loss, wrapped in DistributedDataParallel under
+        torchrun (gradients averaged over ranks; BatchNorm synchronised where CUDA allows it)."""
+        step = _TrainingStep(self.method, self.criterion)
+        if not self.dist.enabled:
+            return step
+        if self.device.type == "cuda":
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # some methods leave parameters out of a step (rsc, dsbn branches): DDP must look for them
+        return torch.nn.parallel.DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)
 
     def _discard_previous_run(self) -> None:
         """Starting again (--overwrite): drop the old run's checkpoints and test results now, after the
@@ -250,7 +271,7 @@ class Trainer:
             cfg.patch_size,
             build_augmentation(cfg.aug_prob, flips=cfg.flips),
             fg_fraction=cfg.fg_fraction,
-            seed=cfg.seed + self.step,
+            seed=cfg.seed + self.step + 1_000_003 * self.dist.rank,  # each rank its own patches
             ignore_index=cfg.ignore_index,
         )
         loader = DataLoader(
@@ -261,7 +282,9 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             worker_init_fn=_single_thread_worker,
         )
-        step_log = StepLog(self.run_dir / "log.csv", LOG_FIELDS + list(self.method.DIAGNOSTICS), self.resume)
+        main = self.dist.is_main
+        step_log = (StepLog(self.run_dir / "log.csv", LOG_FIELDS + list(self.method.DIAGNOSTICS), self.resume)
+                    if main else None)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", disable=not self.progress)
         self.method.train()
         it = iter(loader)
@@ -274,27 +297,28 @@ class Trainer:
                 target = batch["label"].to(self.device, non_blocking=True).long()
                 feats = self.extractor(image) if self.extractor is not None and self.method.uses_features else None
                 with autocast(self.device, cfg.amp):
-                    loss, diagnostics = self.method.training_loss(image, feats, target, self.criterion)
+                    loss, diagnostics = self.step_module(image, feats, target)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
-                loss_v = float(loss.detach())
+                loss_v = distributed.mean_over_ranks(float(loss.detach()), self.dist)
                 if not math.isfinite(loss_v):
                     raise FloatingPointError(f"loss became {loss_v} at step {self.step}; lower --lr or check the data")
                 val, improved = "", False
-                checkpoint_now = self.step % cfg.val_every == 0 or self.step == cfg.steps
+                checkpoint_now = main and (self.step % cfg.val_every == 0 or self.step == cfg.steps)
                 if checkpoint_now:
                     last_val = self.validate()
                     val = f"{last_val:.5f}"
                     improved = not math.isnan(last_val) and last_val > self.best_dice
                     if improved or not self.val_vols:
                         self.best_dice, self.best_step = (last_val if improved else self.best_dice), self.step
-                step_log.write({"step": self.step, "loss": f"{loss_v:.6f}",
-                                "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "val_dice": val,
-                                "seconds": f"{time.perf_counter() - t0:.4f}",
-                                **{k: f"{float(v):.6g}" for k, v in diagnostics.items()}})
+                if step_log is not None:
+                    step_log.write({"step": self.step, "loss": f"{loss_v:.6f}",
+                                    "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "val_dice": val,
+                                    "seconds": f"{time.perf_counter() - t0:.4f}",
+                                    **{k: f"{float(v):.6g}" for k, v in diagnostics.items()}})
                 # the step's row is on disk before the checkpoint that claims it, so a kill in between
                 # never loses a row (resume drops rows after its checkpoint instead)
                 if checkpoint_now:
@@ -308,10 +332,15 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_v:.3f}", val=f"{last_val:.3f}", best=f"{self.best_dice:.3f}")
         finally:
             bar.close()
-            step_log.close()
+            if step_log is not None:
+                step_log.close()
             for h in self.file_log.handlers:
                 h.flush()
-        self._plot()
+        if main:
+            self._plot()
+        distributed.barrier(self.dist)
+        if self._own_group:
+            torch.distributed.destroy_process_group()
         for h in list(self.file_log.handlers):
             self.file_log.removeHandler(h)
             h.close()
@@ -320,7 +349,9 @@ class Trainer:
         return result
 
     def _note(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
-        """To ``train.log`` always, and to the ``maskgen`` logger, which the caller configures."""
+        """To ``train.log`` always, and to the ``maskgen`` logger, which the caller configures (rank 0 only)."""
+        if not self.dist.is_main:
+            return
         log.log(level, msg, *args)
         self.file_log.log(level, msg, *args)
 
@@ -337,6 +368,27 @@ class Trainer:
 def _single_thread_worker(_: int) -> None:
     # augmentation workers must not compete with the training step for every core
     torch.set_num_threads(1)
+
+
+class _TrainingStep(torch.nn.Module):
+    """``method.training_loss`` as a module's forward, so DistributedDataParallel can wrap one step."""
+
+    def __init__(self, method: torch.nn.Module, criterion: torch.nn.Module):
+        super().__init__()
+        self.method = method
+        self.criterion = criterion
+
+    def forward(self, image: torch.Tensor, feats: torch.Tensor | None, target: torch.Tensor):
+        return self.method.training_loss(image, feats, target, self.criterion)
+
+
+def _silent_log() -> logging.Logger:
+    """Ranks other than 0 write no ``train.log``."""
+    logger = logging.getLogger("maskgen.runlog.silent")
+    logger.propagate = False
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
 
 
 def _run_file_log(path: Path) -> logging.Logger:
