@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
+from maskgen.data.volumes import load_volume
 from maskgen.io import OutputExistsError, atomic_write_json, atomic_write_text
 
 
@@ -226,8 +226,8 @@ def _figures(out: Path, results: dict, train_domains: list[str], case, preds: di
                      in_domain=list(train_domains) + ["in-domain (all)"])
     if preds:
 
-        image = nib.load(str(case.image)).get_fdata()
-        gt = np.asarray(nib.load(str(case.label)).dataobj)
+        image = load_volume(case.image).get_fdata()
+        gt = np.asarray(load_volume(case.label).dataobj)
         plot_overlay(image, gt, preds, out / f"overlay_{case.case_id}.png",
                      title=f"{case.case_id} (unseen domain {case.domain})")
 

@@ -20,7 +20,7 @@ TINY = ["--val-every", "3", "--batch-size", "2", "--patch-size", "16", "16", "16
 
 
 def _torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 

@@ -18,6 +18,7 @@ from conftest import affine, write_dataset
 from maskgen.cli import main
 from maskgen.data.nnunet import load_dataset
 from maskgen.data.preprocess import classes_to_label, label_to_classes, load_case
+from maskgen.data.volumes import load_volume
 from maskgen.evaluation.testing import train_and_test
 from maskgen.inference.predict import Predictor
 from maskgen.io import atomic_torch_save, atomic_write_text
@@ -178,6 +179,8 @@ def test_a_start_without_checkpoint_never_blocks_a_rerun(tiny_dataset, tmp_path,
 
 # ------------------------------------------------------------------------------------- 6, 7. file formats
 def _convert(root: Path, ending: str) -> Path:
+    from maskgen.data.volumes import save_like
+
     for p in root.rglob("*.nii.gz"):
         img = nib.load(p)
         data = np.asarray(img.dataobj)
@@ -185,7 +188,7 @@ def _convert(root: Path, ending: str) -> Path:
         if ending in (".mgz", ".mgh"):
             nib.save(nib.MGHImage(data.astype(np.float32 if data.dtype.kind == "f" else np.int32), img.affine), target)
         else:
-            nib.save(nib.Nifti1Image(data, img.affine), target)
+            save_like(data, img, target)  # NIfTI by nibabel, .mha / .nrrd by SimpleITK
         p.unlink()
     meta = json.loads((root / "dataset.json").read_text())
     meta["file_ending"] = ending
@@ -193,7 +196,7 @@ def _convert(root: Path, ending: str) -> Path:
     return root
 
 
-@pytest.mark.parametrize("ending", [".mgz", ".nii"])
+@pytest.mark.parametrize("ending", [".mgz", ".nii", ".mha", ".nrrd"])
 def test_every_accepted_format_trains_predicts_and_evaluates(tmp_path, ending):
     ds = _convert(write_dataset(tmp_path / "ds", n_train=3, n_val=1, n_test=2), ending)
     run = tmp_path / "run"
@@ -204,12 +207,36 @@ def test_every_accepted_format_trains_predicts_and_evaluates(tmp_path, ending):
     for src in sorted((ds / "imagesTs").iterdir()):
         mask_path = out / src.name.replace("_0000", "")
         assert mask_path.is_file()  # written in the input's own format
-        mask, inp = nib.load(mask_path), nib.load(src)
+        mask, inp = load_volume(mask_path), load_volume(src)
         assert mask.shape == inp.shape
         np.testing.assert_allclose(mask.affine, inp.affine, atol=1e-4)
     # evaluate takes the dataset's file ending (dataset.json next to the labels)
     assert main(["evaluate", "--pred", str(out), "--labels", str(ds / "labelsTs"), "--out", str(tmp_path / "ev")]) == 0
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n_cases"] == 2
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nrrd"])
+def test_simpleitk_formats_keep_the_world_geometry(tmp_path, ending):
+    """An oblique, anisotropic, LPS-flipped grid: SimpleITK's LPS world equals nibabel's RAS world, voxel by voxel."""
+    import SimpleITK as sitk
+
+    from maskgen.data.volumes import save_like
+
+    a = affine()
+    theta = 0.3
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    a[:3, :3] = rot @ a[:3, :3]
+    data = np.random.default_rng(0).integers(0, 300, (7, 6, 5)).astype(np.int16)
+    ref = nib.Nifti1Image(data, a)
+    path = tmp_path / f"x{ending}"
+    save_like(data, ref, path)
+    back = load_volume(path)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), data)
+    np.testing.assert_allclose(back.affine, a, atol=1e-6)
+    img = sitk.ReadImage(str(path))  # what SimpleITK itself says: voxel (i, j, k) at this LPS point
+    lps = np.array(img.TransformIndexToPhysicalPoint((3, 2, 1)))
+    ras = a @ np.array([3, 2, 1, 1.0])
+    np.testing.assert_allclose(lps, ras[:3] * np.array([-1, -1, 1]), atol=1e-6)
 
 
 def test_evaluate_missing_predictions_is_an_error_naming_them(trained_run, tmp_path, capsys):
@@ -392,3 +419,18 @@ def test_training_leaves_the_callers_logging_alone(tiny_dataset, tmp_path, capsy
     assert (root.level, list(root.handlers), pkg.level, list(pkg.handlers)) == before
     text = (run / "train.log").read_text()
     assert "method=erm" in text and "step 2 loss" in text  # the run's own log still has everything
+
+
+def test_detached_header_inputs_get_single_file_masks(trained_run, tmp_path):
+    from maskgen.data.volumes import save_like
+
+    ds, run = trained_run
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    src = sorted((ds / "imagesTs").iterdir())[0]
+    img = nib.load(src)
+    save_like(np.asarray(img.dataobj), img, scans / "a_0000.mhd")
+    out = tmp_path / "masks"
+    assert main(["predict", "--run", str(run), "--input", str(scans), "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.mha"]
+    np.testing.assert_allclose(load_volume(out / "a.mha").affine, img.affine, atol=1e-5)

@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-hd95", action="store_true")
     ev.add_argument("--file-ending", default=None,
                     help="only score files with this ending (default: dataset.json's file_ending next to --labels, "
-                         "else every format maskgen reads: .nii.gz, .nii, .mgz, .mgh)")
+                         "else every format maskgen reads: .nii.gz, .nii, .mgz, .mgh, .mha, .mhd, .nrrd, .nhdr)")
     ev.add_argument("--allow-missing", action="store_true",
                     help="score the predicted cases even if some labels have no prediction (listed in summary.json "
                          "as unscored_cases); without it that is an error")

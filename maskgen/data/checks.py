@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from maskgen.data.cases import IGNORE_LABEL, Case, brief
+from maskgen.data.volumes import load_volume
 
 
 def validate_cases(cases: list[Case], labels: dict[str, int], progress: bool = False) -> list[str]:
@@ -76,10 +77,9 @@ def _load_3d(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, str | No
 
     Trailing singleton dimensions (x, y, z, 1) are dropped: many tools write 3D data that way.
     """
-    import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img = load_volume(path)
         data = np.asanyarray(img.dataobj)
         affine = np.eye(4) if img.affine is None else np.asarray(img.affine, dtype=float)
     except Exception as e:  # corrupt files raise anything from gzip, zlib, nibabel or numpy

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, NibabelReader
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -21,8 +21,26 @@ from monai.transforms import (
     ScaleIntensityRanged,
     Spacingd,
 )
+from monai.utils import ensure_tuple
+
+from maskgen.data.volumes import load_volume, read_with_nibabel, volume_ending
 
 CT_WINDOW = (-1024.0, 1024.0)
+
+
+class VolumeReader(NibabelReader):
+    """MONAI's nibabel reader, fed by :func:`maskgen.data.volumes.load_volume`, so SimpleITK formats (.mha,
+    .nrrd) arrive as the same RAS NIfTI images as nibabel ones and every later transform is shared."""
+
+    def verify_suffix(self, filename) -> bool:
+        return all(volume_ending(f) is not None for f in ensure_tuple(filename))
+
+    def read(self, data, **kwargs):
+        if all(read_with_nibabel(f) for f in ensure_tuple(data)):
+            return super().read(data, **kwargs)
+        imgs = [load_volume(f) for f in ensure_tuple(data)]
+        self.filenames = ensure_tuple(data)
+        return imgs if len(imgs) > 1 else imgs[0]
 
 
 def intensity_transform(modality: str, keys=("image",)):
@@ -35,8 +53,8 @@ def preprocess_transform(spacing: Sequence[float] | None, modality: str, with_la
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
     ts = [
-        # nibabel for every format the dataset check accepts (MONAI picks no reader for .mgz/.mgh itself)
-        LoadImaged(keys, reader="NibabelReader", image_only=True),
+        # one reader for every format the dataset check accepts (MONAI picks none for .mgz/.mgh/.mha itself)
+        LoadImaged(keys, reader=VolumeReader(), image_only=True),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
     ]
@@ -111,6 +129,6 @@ def median_spacing(paths: Sequence[str | Path]) -> tuple[float, float, float]:
 
     sp = []
     for p in paths:
-        img = nib.as_closest_canonical(nib.load(str(p)))
+        img = nib.as_closest_canonical(load_volume(p))
         sp.append(img.header.get_zooms()[:3])
     return tuple(float(v) for v in np.median(np.asarray(sp, dtype=float), axis=0))

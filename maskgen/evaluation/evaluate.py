@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from maskgen.data.cases import IGNORE_LABEL
+from maskgen.data.volumes import load_volume
 from maskgen.io import OutputExistsError, atomic_write_json, atomic_write_text
 from maskgen.metrics import confusion_per_class, dice_per_class, drop_ignored, hd95_per_class
 
@@ -93,9 +94,8 @@ def read_splits(path: str | Path, file_ending: str = ".nii.gz") -> dict[str, str
 
 
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    import nibabel as nib
 
-    img = nib.load(str(path))
+    img = load_volume(path)
     data = np.asarray(img.dataobj)
     if not np.issubdtype(data.dtype, np.integer):
         data = np.rint(data)

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
 from maskgen.data.nnunet import Case
+from maskgen.data.volumes import load_volume
 from maskgen.evaluation.evaluate import case_row, format_table, nnunet_summary, summarize, write_metrics
 from maskgen.inference.predict import Predictor, write_mask
 from maskgen.metrics import confusion_per_class, drop_ignored
@@ -62,7 +62,7 @@ def score_cases(
         if case.label is None:
             continue
         labels, _, original = predictor.predict_file(case.image)
-        ref_img = nib.load(str(case.label))
+        ref_img = load_volume(case.label)
         ref = np.asarray(ref_img.dataobj).reshape(labels.shape).astype(np.int64)
         labels_scored, ref = drop_ignored(labels, ref, ignore)
         spacing = tuple(float(z) for z in ref_img.header.get_zooms()[:3])

@@ -19,7 +19,14 @@ from monai.transforms import SpatialResample
 from tqdm.auto import tqdm
 
 from maskgen.data.preprocess import classes_to_label, load_case
-from maskgen.data.volumes import VOLUME_ENDINGS, image_like, load_volume, strip_ending, volume_ending
+from maskgen.data.volumes import (
+    VOLUME_ENDINGS,
+    load_volume,
+    output_ending,
+    save_like,
+    strip_ending,
+    volume_ending,
+)
 from maskgen.device import place_model, resolve_device
 from maskgen.inference.tta import TTA
 from maskgen.io import OutputExistsError, atomic_write, atomic_write_json
@@ -77,7 +84,7 @@ def check_input(path: Path) -> str | None:
 
 def output_paths(paths: Sequence[Path], out_dir: Path, save_probabilities: bool) -> dict[Path, list[Path]]:
     """Input -> the files its prediction writes (mask, probabilities); refuses collisions with any input."""
-    targets = {p: [out_dir / f"{case_name(p)}{volume_ending(p)}"] for p in paths}
+    targets = {p: [out_dir / f"{case_name(p)}{output_ending(p)}"] for p in paths}
     if save_probabilities:
         for p in paths:
             targets[p].append(out_dir / "probabilities" / f"{case_name(p)}.nii.gz")
@@ -207,10 +214,8 @@ class Predictor:
 
 def write_mask(labels: np.ndarray, like, path: Path) -> Path:
     """The mask on ``like``'s grid, in the format of ``path``'s ending (NIfTI or MGH), written atomically."""
-    import nibabel as nib
 
-    img = image_like(labels, like, path)
-    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+    return atomic_write(path, lambda tmp: save_like(labels, like, tmp, target=path))
 
 
 def write_probabilities(probs: np.ndarray, like: nib.Nifti1Image, path: Path) -> Path:
