@@ -185,6 +185,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from maskgen.inference.export import export_run
+
+    rec = export_run(args.run, args.out, fmt=args.format, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    diff = rec["max_abs_difference_to_run"]
+    print(f"wrote {args.out} ({args.format}) and {args.out}.json (preprocessing)"
+          + ("" if diff is None else f"; largest difference to the run's forward pass {diff:.2g}"))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from maskgen.demo import run_demo
 
@@ -281,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "as unscored_cases); without it that is an error")
     ev.add_argument("--overwrite", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("export", help="one self-contained model file (extractor + network) for deployment")
+    ex.add_argument("run", help="run folder written by maskgen train")
+    ex.add_argument("--out", required=True, help="model file to write (its preprocessing goes to OUT.json)")
+    ex.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"])
+    ex.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(func=cmd_export)
 
     de = sub.add_parser("demo", help="phantom benchmark end to end: ERM vs MaskGen, in- and out-of-domain")
     de.add_argument("--out", default="maskgen_demo")
