@@ -40,7 +40,7 @@ def test_two_processes_train_resume_and_predict(tiny_dataset, tmp_path):
     assert (run / "test" / "summary.json").is_file()
     res = _torchrun(*train, "--resume", "--steps", "9", "--no-test")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert _steps(run) == list(range(1, 10))
+    assert _steps(run) == list(range(1, 10)), res.stdout[-2000:] + res.stderr[-4000:]
     assert main(["predict", "--run", str(run), "--input", str(tiny_dataset / "imagesTs"),
                  "--output", str(tmp_path / "masks")]) == 0
 

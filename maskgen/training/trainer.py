@@ -235,7 +235,8 @@ class Trainer:
         self.best_dice = float(ckpt["best_dice"])
         self.best_step = int(ckpt["best_step"])
         torch.set_rng_state(ckpt["torch_rng"].cpu())
-        truncate_step_log(self.run_dir / "log.csv", self.step, LOG_FIELDS)
+        if self.dist.is_main:  # rank 0 alone touches the log (another rank's rewrite would race its appends)
+            truncate_step_log(self.run_dir / "log.csv", self.step, LOG_FIELDS)
         self._note("resumed from step %d (best val Dice %.4f at step %d)", self.step, self.best_dice, self.best_step)
 
     # -------------------------------------------------------------- validation
