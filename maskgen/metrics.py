@@ -124,3 +124,25 @@ def confusion_per_class(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]
             "FN": fn, "FP": fp, "TN": tn, "TP": tp, "n_pred": tp + fp, "n_ref": tp + fn,
         }  # fmt: skip
     return out
+
+
+def surface_dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], spacing: Sequence[float],
+                           tolerance_mm: float) -> dict[int, float]:
+    """Normalised surface Dice (MONAI's ``compute_surface_dice``): the share of both boundaries lying within
+    ``tolerance_mm`` of the other; NaN where a label is in neither map, 0 where it is in one only."""
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    _check_shapes(pred, ref)
+    labels = [int(v) for v in labels]
+
+    def onehot(a: np.ndarray) -> torch.Tensor:
+        chans = [np.isin(a, labels, invert=True)] + [a == v for v in labels]
+        return torch.as_tensor(np.stack(chans)[None].astype(np.float32))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns for every empty class; NaN / 0 carry that here
+        nsd = compute_surface_dice(onehot(pred), onehot(ref), [float(tolerance_mm)] * len(labels),
+                                   include_background=False, spacing=tuple(float(s) for s in spacing))
+    return {v: float(x) for v, x in zip(labels, nsd[0].tolist())}

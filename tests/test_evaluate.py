@@ -242,3 +242,18 @@ def test_summary_also_carries_nnunet_keys(dataset):
     assert s["mean"]["2"]["Dice"] == pytest.approx(0.5)
     assert s["foreground_mean"]["Dice"] == pytest.approx((s["mean"]["1"]["Dice"] + 0.5) / 2)
     assert s["mean"]["2"]["IoU"] == pytest.approx(0.5)
+
+
+def test_surface_dice_option(dataset):
+    pred_dir, labels_dir, splits = dataset
+    names = {"background": 0, "big": 1, "small": 2}
+    evaluate_folder(pred_dir, labels_dir, label_names=names, progress=False, compute_hd95=False, surface_tolerance=2.0)
+    s = json.loads((pred_dir / "summary.json").read_text())
+    by_case = {Path(c["prediction_file"]).name: c["metrics"] for c in s["metric_per_case"]}
+    assert by_case["a_001.nii.gz"]["1"]["NSD@2mm"] == 1.0  # exact
+    assert by_case["a_002.nii.gz"]["1"]["NSD@2mm"] == 1.0  # one voxel (2 mm along axis 0) off: within tolerance
+    assert by_case["b_001.nii.gz"]["1"]["NSD@2mm"] < 1.0  # two voxels off: partly outside
+    assert by_case["b_001.nii.gz"]["2"]["NSD@2mm"] == 0.0  # missed entirely
+    assert s["mean"]["2"]["NSD@2mm"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="tolerance must be positive"):
+        evaluate_folder(pred_dir, labels_dir, label_names=names, progress=False, overwrite=True, surface_tolerance=0)

@@ -180,7 +180,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     summary = evaluate_folder(args.pred, args.labels, out_dir=args.out, splits_file=args.splits,
                               compute_hd95=not args.no_hd95, overwrite=args.overwrite,
-                              file_ending=args.file_ending, allow_missing=args.allow_missing)
+                              file_ending=args.file_ending, allow_missing=args.allow_missing,
+                              surface_tolerance=args.surface_dice)
     print(format_table(summary))
     return 0
 
@@ -286,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--file-ending", default=None,
                     help="only score files with this ending (default: dataset.json's file_ending next to --labels, "
                          "else every format maskgen reads: .nii.gz, .nii, .mgz, .mgh, .mha, .mhd, .nrrd, .nhdr)")
+    ev.add_argument("--surface-dice", type=float, default=None, metavar="MM",
+                    help="also MONAI's normalised surface Dice at this tolerance in mm (summary.json: NSD@MMmm per "
+                         "label in metric_per_case, mean and foreground_mean)")
     ev.add_argument("--allow-missing", action="store_true",
                     help="score the predicted cases even if some labels have no prediction (listed in summary.json "
                          "as unscored_cases); without it that is an error")

@@ -24,7 +24,13 @@ import numpy as np
 from maskgen.data.cases import IGNORE_LABEL
 from maskgen.data.volumes import load_volume
 from maskgen.io import OutputExistsError, atomic_write_json, atomic_write_text
-from maskgen.metrics import confusion_per_class, dice_per_class, drop_ignored, hd95_per_class
+from maskgen.metrics import (
+    confusion_per_class,
+    dice_per_class,
+    drop_ignored,
+    hd95_per_class,
+    surface_dice_per_class,
+)
 
 log = logging.getLogger(__name__)
 
@@ -228,12 +234,12 @@ def nnunet_summary(cases: list[tuple[str, str, dict[int, dict[str, float]]]]) ->
     per_case = [{"metrics": {str(v): m for v, m in counts.items()}, "prediction_file": pf, "reference_file": rf}
                 for pf, rf, counts in cases]
     labels = sorted({v for _, _, counts in cases for v in counts})
-    metrics = list(next(iter(cases[0][2].values())).keys()) if cases and cases[0][2] else []
+    metrics = list(dict.fromkeys(k for _, _, counts in cases for m in counts.values() for k in m))
     mean: dict[str, dict[str, float | None]] = {}
     for v in labels:
         mean[str(v)] = {}
         for k in metrics:
-            vals = np.asarray([c[v][k] for _, _, c in cases if v in c], dtype=float)
+            vals = np.asarray([c[v].get(k, math.nan) for _, _, c in cases if v in c], dtype=float)
             vals = vals[~np.isnan(vals)]
             mean[str(v)][k] = float(vals.mean()) if vals.size else None
     fg = {k: [mean[str(v)][k] for v in labels if mean[str(v)][k] is not None] for k in metrics}
@@ -302,6 +308,7 @@ def evaluate_folder(
     overwrite: bool = False,
     allow_missing: bool = False,
     ignore_value: int | None = None,
+    surface_tolerance: float | None = None,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against the same-named file in ``labels_dir``.
 
@@ -355,6 +362,8 @@ def evaluate_folder(
     per_case: list[tuple[str, dict[int, float], dict[int, float]]] = []
     confusions: list[tuple[str, str, dict[int, dict[str, float]], int]] = []
     seen: set[int] = set()
+    if surface_tolerance is not None and not surface_tolerance > 0:
+        raise ValueError(f"surface Dice tolerance must be positive (mm), got {surface_tolerance}")
     for case in tqdm(sorted(preds), desc="evaluate", disable=not progress):
         pred, pred_affine, _ = _load(preds[case])
         ref, ref_affine, spacing = _load(refs[case])
@@ -375,7 +384,11 @@ def evaluate_folder(
             labels = [int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v != 0]
             seen.update(labels)
         per_case.append((case, *_case_metrics(pred, ref, spacing, labels, compute_hd95)))
-        confusions.append((str(preds[case]), str(refs[case]), confusion_per_class(pred, ref, labels), int(ref.size)))
+        counts = confusion_per_class(pred, ref, labels)
+        if surface_tolerance is not None:  # nnU-Net has no such key; "NSD@<mm>mm" is maskgen's addition
+            for v, x in surface_dice_per_class(pred, ref, labels, spacing, surface_tolerance).items():
+                counts[v][f"NSD@{surface_tolerance:g}mm"] = x
+        confusions.append((str(preds[case]), str(refs[case]), counts, int(ref.size)))
 
     if label_names is None:
         label_names = {f"label_{v}": v for v in sorted(seen)}
