@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from maskgen.analysis.stability import (
     DEFAULT_GAMMAS,
@@ -13,6 +14,7 @@ from maskgen.analysis.stability import (
     stability_report,
 )
 from maskgen.analysis.stability import __doc__ as STABILITY_DOC
+from maskgen.analysis.views import __doc__ as VIEWS_DOC
 
 
 def cmd_analyze_stability(args: argparse.Namespace) -> int:
@@ -28,12 +30,29 @@ def cmd_analyze_stability(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze_views(args: argparse.Namespace) -> int:
+    from maskgen.analysis.views import view_dependence
+
+    view_dependence(args.runs, args.out, checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite)
+    print((Path(args.out) / "views.txt").read_text(), end="")
+    print(f"written to {args.out}")
+    return 0
+
+
 def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``maskgen analyze`` (with its ``stability`` subcommand) to the ``maskgen`` subparsers."""
     from maskgen.extractors import EXTRACTORS
 
-    an = sub.add_parser("analyze", help="analyses: feature stability across domains (linear CKA)")
+    an = sub.add_parser("analyze", help="analyses: feature stability (linear CKA), dependence on each input (views)")
     asub = an.add_subparsers(dest="analysis", required=True)
+    vw = asub.add_parser("views", help="test Dice with all inputs, the image masked, the features masked (Figure 4)",
+                         description=(VIEWS_DOC or "").split("\n\n")[0])
+    vw.add_argument("runs", nargs="+", help="run folders written by maskgen train")
+    vw.add_argument("--out", required=True, help="analysis folder (views.csv, summary.json, views.txt, views.png)")
+    vw.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    vw.add_argument("--device", default="auto")
+    vw.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    vw.set_defaults(func=cmd_analyze_views)
     st = asub.add_parser(
         "stability", help="linear CKA of extractor features (and of the raw image) between domains and under gamma",
         description=STABILITY_DOC.split("\n\n")[0] + " Without --pairs, subjects are rendered by the phantom generator.",
