@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maskgen.analysis.robustness import DEFAULT_BIAS as ROBUST_BIAS
+from maskgen.analysis.robustness import DEFAULT_GAMMAS as ROBUST_GAMMAS
+from maskgen.analysis.robustness import __doc__ as ROBUSTNESS_DOC
 from maskgen.analysis.stability import (
     DEFAULT_GAMMAS,
     DEFAULT_N_VOXELS,
@@ -39,6 +42,16 @@ def cmd_analyze_views(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze_robustness(args: argparse.Namespace) -> int:
+    from maskgen.analysis.robustness import robustness
+
+    robustness(args.runs, args.out, gammas=args.gammas, strengths=args.strengths, fields=args.fields,
+               checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite)
+    print((Path(args.out) / "robustness.txt").read_text(), end="")
+    print(f"written to {args.out}")
+    return 0
+
+
 def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``maskgen analyze`` (with its ``stability`` subcommand) to the ``maskgen`` subparsers."""
     from maskgen.extractors import EXTRACTORS
@@ -53,6 +66,19 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     vw.add_argument("--device", default="auto")
     vw.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
     vw.set_defaults(func=cmd_analyze_views)
+    rb = asub.add_parser("robustness", help="test Dice under gamma and bias fields of increasing strength",
+                         description=(ROBUSTNESS_DOC or "").split("\n\n")[0])
+    rb.add_argument("runs", nargs="+", help="run folders written by maskgen train")
+    rb.add_argument("--out", required=True, help="analysis folder (robustness.csv, summary.json, .txt, .png)")
+    rb.add_argument("--gammas", type=float, nargs="+", default=list(ROBUST_GAMMAS),
+                    help=f"gamma levels (default {' '.join(map(str, ROBUST_GAMMAS))})")
+    rb.add_argument("--strengths", type=float, nargs="+", default=list(ROBUST_BIAS),
+                    help=f"bias field strengths (default {' '.join(map(str, ROBUST_BIAS))})")
+    rb.add_argument("--fields", type=int, default=3, help="seeded bias fields per strength (default 3)")
+    rb.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    rb.add_argument("--device", default="auto")
+    rb.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    rb.set_defaults(func=cmd_analyze_robustness)
     st = asub.add_parser(
         "stability", help="linear CKA of extractor features (and of the raw image) between domains and under gamma",
         description=STABILITY_DOC.split("\n\n")[0] + " Without --pairs, subjects are rendered by the phantom generator.",

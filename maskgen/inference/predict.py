@@ -130,6 +130,8 @@ class Predictor:
         self.overlap = self.cfg.val_overlap if overlap is None else overlap
         self.feature_mask = feature_mask
         self.mirror = bool(mirror)
+        #: optional change to each preprocessed image before it is segmented (``maskgen analyze robustness``)
+        self.perturb = None
         #: test-time adaptation; the default is plain sliding-window inference (``maskgen.inference.tta``)
         self.tta = tta if tta is not None else TTA()
         self.tta.setup(self)
@@ -162,7 +164,8 @@ class Predictor:
         image = data["image"]
         if not torch.isfinite(image.as_tensor()).all():
             raise ValueError(f"{path}: image contains NaN or infinite voxels")
-        probs = self.tta.predict_volume(self, image.as_tensor(), name=case_name(path))
+        x = image.as_tensor() if self.perturb is None else self.perturb(image.as_tensor())
+        probs = self.tta.predict_volume(self, x, name=case_name(path))
         from monai.data import MetaTensor
 
         probs_mt = MetaTensor(probs, affine=image.affine)
