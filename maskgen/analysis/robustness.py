@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from monai.transforms import RandBiasField
 
-from maskgen.data.nnunet import load_dataset
-from maskgen.evaluation.testing import score_cases
+from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.figures import new_figure, save_figure
 from maskgen.inference.predict import Predictor
 from maskgen.io import atomic_write_json, atomic_write_text, ensure_fresh_dir
@@ -59,11 +58,7 @@ def robustness(runs: Sequence[str | Path], out: str | Path, gammas: Sequence[flo
         name = Path(run).name
         pred = Predictor(run, checkpoint=checkpoint, device=device)
         cfg = pred.cfg
-        spec = load_dataset(cfg.dataset, splits_file=cfg.splits, train_subjects=cfg.train_subjects, seed=cfg.seed,
-                            check=False)
-        cases = [c for c in spec.split("test") if c.label is not None]
-        if not cases:
-            raise ValueError(f"{run}: the run's dataset {cfg.dataset} has no labelled test cases")
+        cases = labelled_test_cases(cfg, run)
         plan = [("gamma", g, 0, gamma(g)) for g in gammas]
         plan += [("bias", s, k, bias_field(s, seed=k)) for s in strengths for k in range(1 if s == 0 else fields)]
         summary[name] = {"run": str(run), "method": cfg.method, "gamma": {}, "bias": {}}

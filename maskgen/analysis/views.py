@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from maskgen.data.nnunet import load_dataset
 from maskgen.evaluation.plots import plot_domain_bars
-from maskgen.evaluation.testing import score_cases
+from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.inference.predict import Predictor
 from maskgen.io import atomic_write_json, atomic_write_text, ensure_fresh_dir
 
@@ -35,11 +34,7 @@ def view_dependence(runs: Sequence[str | Path], out: str | Path, checkpoint: str
     for name, run in zip(names, runs):
         base = Predictor(run, checkpoint=checkpoint, device=device)
         cfg = base.cfg
-        spec = load_dataset(cfg.dataset, splits_file=cfg.splits, train_subjects=cfg.train_subjects, seed=cfg.seed,
-                            check=False)
-        cases = [c for c in spec.split("test") if c.label is not None]
-        if not cases:
-            raise ValueError(f"{run}: the run's dataset {cfg.dataset} has no labelled test cases")
+        cases = labelled_test_cases(cfg, run)
         summary[name] = {"run": str(run), "method": cfg.method, "views": {}}
         for view, mask in VIEWS.items():
             if mask == "features" and base.extractor is None:

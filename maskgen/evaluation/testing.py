@@ -39,6 +39,18 @@ def train_and_test(cfg: TrainConfig, resume: bool = False, overwrite: bool = Fal
     return result
 
 
+def labelled_test_cases(cfg: TrainConfig, run: str | Path) -> list[Case]:
+    """The run's labelled test cases, split exactly as its training split them (for analyses of a run)."""
+    from maskgen.data.nnunet import load_dataset
+
+    spec = load_dataset(cfg.dataset, splits_file=cfg.splits, train_subjects=cfg.train_subjects, seed=cfg.seed,
+                        check=False)
+    cases = [c for c in spec.split("test") if c.label is not None]
+    if not cases:
+        raise ValueError(f"{run}: the run's dataset {cfg.dataset} has no labelled test cases")
+    return cases
+
+
 def score_cases(
     predictor: Predictor,
     cases: Sequence[Case],
