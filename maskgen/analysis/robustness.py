@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from monai.transforms import RandBiasField
 
+from maskgen.evaluation.evaluate import mean_se
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.figures import new_figure, save_figure
 from maskgen.inference.predict import Predictor
@@ -73,11 +74,8 @@ def robustness(runs: Sequence[str | Path], out: str | Path, gammas: Sequence[flo
                 per_level.setdefault((kind, level), {}).setdefault(r["case"], []).append(r["mean_dice"])
         pred.perturb = None
         for (kind, level), by_case in per_level.items():
-            vals = np.asarray([np.nanmean(v) for v in by_case.values()], dtype=float)
-            vals = vals[~np.isnan(vals)]
-            se = float(vals.std(ddof=1) / np.sqrt(vals.size)) if vals.size > 1 else None
-            summary[name][kind][str(level)] = {"mean": float(vals.mean()) if vals.size else None, "se": se,
-                                               "n": int(vals.size)}
+            per_case = [float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan") for v in by_case.values()]
+            summary[name][kind][str(level)] = mean_se(per_case)
     _write(out, rows, summary)
     return summary
 

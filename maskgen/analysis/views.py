@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from maskgen.evaluation.evaluate import format_stat
 from maskgen.evaluation.plots import plot_domain_bars
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.inference.predict import Predictor
@@ -69,15 +70,8 @@ def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> No
     for name, s in summary.items():
         for view, by_domain in s["views"].items():
             stats = by_domain["overall"]
-            lines.append(f"{name:24s} {view:16s} {_fmt(stats)}   "
-                         + "  ".join(f"{d} {_fmt(v)}" for d, v in by_domain.items() if d != "overall"))
+            lines.append(f"{name:24s} {view:16s} {format_stat(stats)}   "
+                         + "  ".join(f"{d} {format_stat(v)}" for d, v in by_domain.items() if d != "overall"))
             bars[f"{name}: {view}"] = {d: (v["mean"], v["se"]) for d, v in by_domain.items() if d != "overall"}
     atomic_write_text(out / "views.txt", "\n".join(lines) + "\n")
     plot_domain_bars(bars, out / "views.png", title="Dependence on each input source (test Dice per domain)")
-
-
-def _fmt(stats: dict[str, Any]) -> str:
-    mean, se = stats.get("mean"), stats.get("se")
-    if mean is None:
-        return "   -   "
-    return f"{mean:.3f}" + ("" if se is None else f" ± {se:.3f}")

@@ -39,17 +39,12 @@ def validate_cases(cases: list[Case], labels: dict[str, int], progress: bool = F
 def _check_case(case: Case, declared: set[int], declared_text: str, seen: set[int] | None = None) -> list[str]:
     """Problems of one case; training labels add their values to ``seen``."""
     problems: list[str] = []
-    image, image_affine, problem = _load_3d(case.image)
+    image, image_affine, problem = load_image_checked(case.image)
     if problem:
         problems.append(f"{case.image}: {problem}")
     elif image.size and image.min() == image.max():
         warnings.warn(f"{case.image}: {case.split} image is constant (every voxel {image.flat[0]!r}); "
                       "it carries no signal", stacklevel=4)
-    if problem is None and (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.complexfloating)):
-        n_nan = int(np.count_nonzero(np.isnan(image)))
-        n_inf = int(np.count_nonzero(np.isinf(image)))
-        if n_nan or n_inf:
-            problems.append(f"{case.image}: {n_nan} NaN and {n_inf} infinite voxels (of {image.size})")
     if case.label is None:
         return problems
 
@@ -70,6 +65,18 @@ def _check_case(case: Case, declared: set[int], declared_text: str, seen: set[in
     if seen is not None:
         seen.update(int(v) for v in np.unique(label) if float(v) == int(v))
     return problems
+
+
+def load_image_checked(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """(data, affine, problem) of an image: unreadable, not 3D, or NaN/inf voxels is a problem. Shared by the
+    dataset check and ``predict``'s check of its inputs; ``data`` is kept when only the voxels are bad."""
+    image, affine, problem = _load_3d(path)
+    if problem is None and (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.complexfloating)):
+        n_nan = int(np.count_nonzero(np.isnan(image)))
+        n_inf = int(np.count_nonzero(np.isinf(image)))
+        if n_nan or n_inf:
+            return image, affine, f"{n_nan} NaN and {n_inf} infinite voxels (of {image.size})"
+    return image, affine, problem
 
 
 def _load_3d(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:

@@ -109,7 +109,7 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
 
 
 # ----------------------------------------------------------------------------------------- summary
-def _stats(values: Iterable[float]) -> dict[str, Any]:
+def mean_se(values: Iterable[float]) -> dict[str, Any]:
     """Mean, SE (ddof=1 std / sqrt(n)) and n over the finite values; None where undefined."""
     vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     n = int(vals.size)
@@ -121,12 +121,12 @@ def _stats(values: Iterable[float]) -> dict[str, Any]:
 def _group_summary(rows: list[dict], label_names: dict[str, int], with_hd95: bool) -> dict[str, Any]:
     per_class: dict[str, Any] = {}
     for name in label_names:
-        entry: dict[str, Any] = {"dice": _stats(r.get(f"dice_{name}", math.nan) for r in rows)}
+        entry: dict[str, Any] = {"dice": mean_se(r.get(f"dice_{name}", math.nan) for r in rows)}
         if with_hd95:
             hd = [r.get(f"hd95_{name}", math.nan) for r in rows]
-            entry["hd95"] = {**_stats(hd), "n_nonfinite": int(sum(1 for v in hd if v is not None and math.isinf(v)))}
+            entry["hd95"] = {**mean_se(hd), "n_nonfinite": int(sum(1 for v in hd if v is not None and math.isinf(v)))}
         per_class[name] = entry
-    return {"n": len(rows), "mean_dice": _stats(r["mean_dice"] for r in rows), "per_class": per_class}
+    return {"n": len(rows), "mean_dice": mean_se(r["mean_dice"] for r in rows), "per_class": per_class}
 
 
 def summarize(rows: list[dict], label_names: dict[str, int], unscored: Iterable[str] = ()) -> dict:
@@ -151,7 +151,7 @@ def summarize(rows: list[dict], label_names: dict[str, int], unscored: Iterable[
     }
 
 
-def _fmt(stat: dict[str, Any], digits: int = 3) -> str:
+def format_stat(stat: dict[str, Any], digits: int = 3) -> str:
     if stat.get("mean") is None:
         return "-"
     s = f"{stat['mean']:.{digits}f}"
@@ -164,7 +164,7 @@ def format_table(summary: dict) -> str:
     header = ["domain", "n", "mean Dice ± SE", *names]
     groups = [*summary["domains"].items(), ("overall", summary["overall"])]
     body = [
-        [dom, str(g["n"]), _fmt(g["mean_dice"]), *(_fmt({"mean": g["per_class"][n]["dice"]["mean"]}) for n in names)]
+        [dom, str(g["n"]), format_stat(g["mean_dice"]), *(format_stat({"mean": g["per_class"][n]["dice"]["mean"]}) for n in names)]
         for dom, g in groups
     ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]

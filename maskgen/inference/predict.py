@@ -18,6 +18,7 @@ import torch
 from monai.transforms import SpatialResample
 from tqdm.auto import tqdm
 
+from maskgen.data.checks import load_image_checked
 from maskgen.data.preprocess import classes_to_label, load_case
 from maskgen.data.volumes import (
     VOLUME_ENDINGS,
@@ -66,20 +67,9 @@ def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
 
 def check_input(path: Path) -> str | None:
     """The problem that would stop ``path`` from being segmented, or None: checked for every input before
-    any mask is written, so a bad file in the middle never leaves half a prediction run behind."""
-    try:
-        img = load_volume(path)
-        data = np.asanyarray(img.dataobj)
-    except ValueError as e:
-        return str(e).split(": ", 1)[1]
-    except Exception as e:  # noqa: BLE001
-        return f"unreadable volume ({type(e).__name__}: {e})"
-    shape = data.shape[:3] if data.ndim == 4 and data.shape[3] == 1 else data.shape
-    if len(shape) != 3:
-        return f"expected a 3D image, got shape {data.shape}"
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        return "image contains NaN or infinite voxels"
-    return None
+    any mask is written, so a bad file in the middle never leaves half a prediction run behind (the same
+    check as the dataset's, ``maskgen.data.checks``)."""
+    return load_image_checked(path)[2]
 
 
 def output_paths(paths: Sequence[Path], out_dir: Path, save_probabilities: bool) -> dict[Path, list[Path]]:
