@@ -1,4 +1,4 @@
-"""The ``maskgen`` command: phantom, train, predict, evaluate, demo."""
+"""The ``maskgen`` command: phantom, train, predict, evaluate, export, demo, analyze, benchmark, pretrain-extractor."""
 
 from __future__ import annotations
 
@@ -229,6 +229,7 @@ def _tta_from_args(args: argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     from maskgen.cli.analyze import add_analyze_parser
+    from maskgen.cli.benchmark import add_benchmark_parser
     from maskgen.cli.pretrain import add_pretrain_parser
 
     p = argparse.ArgumentParser(prog="maskgen", description=__doc__)
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--overwrite", action="store_true")
     de.set_defaults(func=cmd_demo)
     add_analyze_parser(sub)
+    add_benchmark_parser(sub)
     add_pretrain_parser(sub)
     return p
 

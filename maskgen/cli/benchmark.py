@@ -1,0 +1,42 @@
+"""``maskgen benchmark CONFIG.yaml --out DIR``: the paper's protocol on your datasets, one command."""
+
+from __future__ import annotations
+
+import argparse
+
+from maskgen.benchmark import runner
+from maskgen.benchmark.execute import EXECUTORS
+
+
+def add_benchmark_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "benchmark", help="methods x datasets x seeds, selected on validation, ranked (resumable)",
+        description=runner.__doc__.split("\n\n")[0] + " The config format: configs/benchmark/README.md.",
+    )  # fmt: skip
+    p.add_argument("config", metavar="CONFIG.yaml", help="benchmark configuration (datasets, train, methods)")
+    p.add_argument("--out", required=True, help="benchmark folder (cells/, logs/, data/, table.md, ...)")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at once, each in its own process (default 1)")
+    p.add_argument("--devices", default="cpu",
+                   help="comma-separated devices the jobs take in turn: cpu, or cuda:0,cuda:1,... (default cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per job (default: the machine's cores divided by --jobs)")
+    p.add_argument("--executor", default="local", choices=EXECUTORS,
+                   help="local processes (default), slurm through submitit (the config's 'cluster' section gives "
+                        "its parameters), or submitit-local (submitit's local executor, for testing)")
+    p.add_argument("--report-only", action="store_true", help="train nothing; report the cells that have finished")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_benchmark)
+    return p
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    try:
+        report = runner.run_benchmark(args.config, args.out, jobs=args.jobs, devices=devices, threads=args.threads,
+                                      executor=args.executor, report_only=args.report_only, progress=args.progress)
+    except RuntimeError as e:
+        print(f"maskgen benchmark: {e}")
+        return 1
+    print(open(f"{args.out}/table.md", encoding="utf-8").read(), end="")
+    print(f"{report['cells']['done']} of {report['cells']['total']} cells finished; report in {args.out}")
+    return 0

@@ -1,0 +1,226 @@
+"""maskgen benchmark: the protocol's arithmetic on known numbers, then a tiny benchmark end to end
+(resume without retraining, a changed config refused, 2 jobs = 1 job, a killed runner resumed, submitit)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maskgen.benchmark.config import load_benchmark_config
+from maskgen.benchmark.runner import run_benchmark
+from maskgen.benchmark.selection import (
+    CellResult,
+    average_ranks,
+    paired_difference,
+    select,
+    subject_scores,
+    summarize_groups,
+)
+
+TINY = {
+    "datasets": {"phantom": {"phantom": {"shape": [32, 32, 32], "spacing": [4.0, 4.0, 4.0], "n_train": 2, "n_val": 1,
+                                         "n_test": 2}}},
+    "train": {"steps": 4, "val_every": 2, "batch_size": 2, "patch_size": [16, 16, 16], "base_width": 2,
+              "n_poolings": 2, "convs_per_level": 1, "num_workers": 0},
+    "methods": {"erm": {"seeds": [0, 1]}, "maskgen": {"grid": {"mask_rate": [0.25, 0.5]}, "seeds": [0]}},
+}
+
+
+def _write(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# ------------------------------------------------------------------------------------- the arithmetic
+def test_ranks_share_the_mean_rank_on_ties_and_put_missing_scores_last():
+    assert average_ranks({"a": 0.5, "b": 0.7, "c": 0.5, "d": 0.1}) == {"b": 1.0, "a": 2.5, "c": 2.5, "d": 4.0}
+    assert average_ranks({"a": 0.3, "b": 0.3, "c": 0.3}) == {"a": 2.0, "b": 2.0, "c": 2.0}
+    assert average_ranks({"a": math.nan, "b": 0.2}) == {"b": 1.0, "a": 2.0}
+
+
+def _cell(point, seed, val, done=True):
+    return CellResult("d", "m", point, seed, val, [], done)
+
+
+def test_selection_mean_rule_picks_the_best_seed_average():
+    cells = [_cell({"p": 0.25}, 0, 0.80), _cell({"p": 0.25}, 1, 0.60),  # mean 0.70
+             _cell({"p": 0.5}, 0, 0.75), _cell({"p": 0.5}, 1, 0.71),  # mean 0.73 <- best on average
+             _cell({"p": 0.75}, 0, 0.90), _cell({"p": 0.75}, 1, 0.10)]  # best single seed, mean 0.50
+    sel = select(cells, "mean")
+    assert sel.point == {"p": 0.5} and sel.seeds == [0, 1] and sel.val_dice == pytest.approx(0.73)
+    assert sel.complete and len(sel.candidates) == 3
+
+
+def test_selection_best_rule_keeps_the_best_seed():
+    cells = [_cell({"w": 1}, 0, 0.5), _cell({"w": 1}, 1, 0.2), _cell({"w": 10}, 0, 0.4), _cell({"w": 10}, 1, 0.6)]
+    sel = select(cells, "best")
+    assert sel.point == {"w": 10} and sel.seeds == [1] and sel.val_dice == 0.6
+
+
+def test_selection_skips_unfinished_grid_points_and_says_so():
+    cells = [_cell({"p": 0.25}, 0, 0.5), _cell({"p": 0.25}, 1, 0.5), _cell({"p": 0.5}, 0, 0.9),
+             _cell({"p": 0.5}, 1, math.nan, done=False)]
+    sel = select(cells, "mean")
+    assert sel.point == {"p": 0.25} and not sel.complete
+    assert select([_cell({}, 0, math.nan, done=False)], "mean") is None
+
+
+def test_subject_scores_average_seeds_per_case_then_cases_per_subject():
+    subjects = {"s1_A": "s1", "s1_B": "s1", "s2_A": "s2", "s2_B": "s2"}
+    rows = {0: [{"case": "s1_A", "domain": "A", "mean_dice": 0.8}, {"case": "s1_B", "domain": "B", "mean_dice": 0.2},
+                {"case": "s2_A", "domain": "A", "mean_dice": 0.6}, {"case": "s2_B", "domain": "B", "mean_dice": 0.4}],
+            1: [{"case": "s1_A", "domain": "A", "mean_dice": 0.6}, {"case": "s1_B", "domain": "B", "mean_dice": 0.4},
+                {"case": "s2_A", "domain": "A", "mean_dice": 0.6}, {"case": "s2_B", "domain": "B", "mean_dice": 0.0}]}
+    scores = subject_scores(rows, subjects, in_domains={"A"})
+    assert scores["in-domain"] == pytest.approx({"s1": 0.7, "s2": 0.6})
+    assert scores["out-of-domain"] == pytest.approx({"s1": 0.3, "s2": 0.2})
+    stat = summarize_groups(scores)["in-domain"]
+    assert stat["mean"] == pytest.approx(0.65) and stat["n"] == 2
+    assert stat["se"] == pytest.approx(0.05)  # std (ddof 1) of 0.7, 0.6 is 0.0707; / sqrt(2)
+    diff = paired_difference({"s1": 0.9, "s2": 0.5, "s3": 0.4}, {"s1": 0.7, "s2": 0.6})
+    assert diff["n"] == 2 and diff["mean"] == pytest.approx(0.05) and diff["se"] == pytest.approx(0.15)
+
+
+# ------------------------------------------------------------------------------------- the config
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["methods"].update(nope={}), "methods.nope: unknown method 'nope'"),
+    (lambda c: c["methods"]["maskgen"]["grid"].update(maskrate=[0.1]), "has no hyper-parameter 'maskrate'"),
+    (lambda c: c["train"].update(seed=3), "'train' has keys that are not training settings: ['seed']"),
+    (lambda c: c["methods"]["erm"].update(seeds=[0, 0]), "methods.erm.seeds must be a list of distinct"),
+    (lambda c: c.update(reference="gin"), "reference arm 'gin' is not among the methods"),
+    (lambda c: c["datasets"].update(real={"path": "missing_folder"}), "has no dataset.json"),
+])
+def test_config_errors_name_the_file_and_the_key(tmp_path, change, message):
+    cfg = json.loads(json.dumps(TINY))
+    change(cfg)
+    path = _write(tmp_path / "bench.yaml", cfg)
+    with pytest.raises(ValueError) as err:
+        load_benchmark_config(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+# ------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    config = _write(root / "tiny.yaml", TINY)
+    report = run_benchmark(config, root / "one", jobs=1, threads=1, progress=False)
+    return root, config, report
+
+
+def _mtimes(out: Path) -> dict[str, float]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in (out / "cells").rglob("checkpoint_*.pt")}
+
+
+def test_benchmark_writes_the_report_with_the_selection(finished):
+    root, _, report = finished
+    out = root / "one"
+    for name in ("table.md", "table.csv", "table.json", "sweep.md", "sweep.csv", "per_case.csv", "dice_phantom.png",
+                 "average_rank.png", "validation_phantom.png", "benchmark.yaml"):
+        assert (out / name).is_file(), name
+    arms = report["datasets"]["phantom"]["arms"]
+    assert set(arms) == {"erm", "maskgen"}
+    assert arms["erm"]["seeds"] == [0, 1] and arms["maskgen"]["seeds"] == [0]
+    assert arms["maskgen"]["point"]["mask_rate"] in (0.25, 0.5)
+    vals = {c["point"]["mask_rate"]: c["val_dice"] for s in report["selections"] if s["arm"] == "maskgen"
+            for c in s["candidates"]}
+    assert report["selections"][1]["val_dice"] == max(vals.values())
+    # 2 test subjects, each in 5 domains: in-domain over 2 subjects, out-of-domain over the same 2
+    assert arms["erm"]["groups"]["in-domain"]["n"] == 2 and arms["erm"]["groups"]["out-of-domain"]["n"] == 2
+    assert arms["erm"]["paired_vs_reference"] is None and arms["maskgen"]["paired_vs_reference"]["out-of-domain"]["n"] == 2
+    assert sorted(report["average_rank"]) == ["erm", "maskgen"]
+    assert report["cells"] == {"total": 4, "done": 4}
+    per_case = (out / "per_case.csv").read_text().splitlines()
+    assert len(per_case) == 1 + 10 * 2 + 10  # erm: 2 seeds x 10 cases; maskgen: 1 seed x 10 cases
+    assert "| erm |" in (out / "table.md").read_text()
+
+
+def test_rerun_trains_nothing_and_a_changed_setting_is_refused_by_name(finished):
+    root, config, report = finished
+    out = root / "one"
+    before = _mtimes(out)
+    again = run_benchmark(config, out, jobs=1, threads=1, progress=False)
+    assert _mtimes(out) == before
+    assert again["datasets"] == report["datasets"]
+    changed = json.loads(json.dumps(TINY))
+    changed["train"]["steps"] = 6
+    changed["methods"]["maskgen"]["hparams"] = {"mask_mode": "zero"}
+    with pytest.raises(ValueError) as err:
+        run_benchmark(_write(root / "changed.yaml", changed), out, progress=False)
+    msg = str(err.value)
+    assert "phantom/erm/default/seed0" in msg and "steps: 4 -> 6" in msg and "mask_mode: 'rescale' -> 'zero'" in msg
+    assert _mtimes(out) == before
+
+
+def test_two_parallel_jobs_give_the_same_table(finished):
+    root, config, report = finished
+    two = run_benchmark(config, root / "two", jobs=2, threads=1, progress=False)
+    assert two["datasets"] == report["datasets"]
+    assert two["average_rank"] == report["average_rank"]
+
+
+def test_a_killed_benchmark_resumes_without_retraining_finished_cells(finished, tmp_path):
+    root, config, report = finished
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "maskgen.cli", "benchmark", str(config), "--out", str(out), "--threads", "1",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = out / "cells" / "phantom" / "erm" / "default" / "seed0" / "test" / "summary.json"
+    deadline = time.time() + 120
+    while not first.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first.is_file(), "the first cell never finished"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {k: v for k, v in _mtimes(out).items() if k.startswith("cells/phantom/erm/default/seed0/")}
+    assert done_before
+    resumed = run_benchmark(config, out, threads=1, progress=False)
+    after = _mtimes(out)
+    assert all(after[k] == v for k, v in done_before.items())  # the finished cell was not retrained
+    assert resumed["cells"] == {"total": 4, "done": 4}
+    assert resumed["datasets"] == report["datasets"]
+
+
+def test_submitit_local_executor_runs_the_same_cells(finished, tmp_path):
+    pytest.importorskip("submitit")
+    root, _, report = finished
+    cfg = json.loads(json.dumps(TINY))
+    cfg["methods"] = {"erm": {"seeds": [0]}}
+    config = _write(tmp_path / "one_cell.yaml", cfg)
+    got = run_benchmark(config, tmp_path / "sub", executor="submitit-local", progress=False)
+    local = run_benchmark(config, tmp_path / "loc", threads=1, progress=False)
+    assert got["cells"] == {"total": 1, "done": 1}
+    assert (tmp_path / "sub" / "submitit").is_dir()
+    erm_sub, erm_loc = (r["datasets"]["phantom"]["arms"]["erm"] for r in (got, local))
+    assert erm_sub["val_dice"] == erm_loc["val_dice"]
+
+
+@pytest.mark.parametrize("name", ["phantom_cpu.yaml", "paper.yaml", "paper_fewshot.yaml"])
+def test_shipped_configs_parse(tmp_path, name):
+    """The shipped configs are valid (the paper's datasets swapped for a phantom, which is not at hand)."""
+    from maskgen.benchmark.config import parse_benchmark_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "benchmark" / name
+    raw = yaml.safe_load(path.read_text())
+    if "phantom" not in raw["datasets"]:
+        raw["datasets"] = {"phantom": TINY["datasets"]["phantom"]}
+    cfg = parse_benchmark_config(raw, path)
+    names = [a.name for a in cfg.arms]
+    assert "erm" in names and "maskgen" in names
+    maskgen = next(a for a in cfg.arms if a.name == "maskgen")
+    assert maskgen.grid == {"mask_rate": [0.25, 0.5, 0.75]}
+    gin_ipa = next(a for a in cfg.arms if a.name == "gin_ipa")
+    assert gin_ipa.seed_rule == "best" and len(gin_ipa.seeds) == 3
+    if name.startswith("paper"):
+        assert cfg.train["steps"] == (40_000 if "fewshot" in name else 250_000)
+        assert cfg.train["extractor_weights"] == str(path.parent / "weights" / "anatomix.pth")
+        assert cfg.few_shot_subjects == (5 if "fewshot" in name else None)
