@@ -55,6 +55,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--num-workers", type=int, default=1, help="data-loading worker processes")
+    p.add_argument("--grad-check-every", type=int, default=0, metavar="K",
+                   help="every K steps record the paper's gradient check (B.2) in grad_check.csv; plot it with "
+                        "maskgen analyze gradients (default 0: off)")
     _add_method_hparams(p)
 
 
@@ -73,6 +76,7 @@ def _config_from_args(args: argparse.Namespace, dataset: str, out: str, method: 
         weight_decay=args.weight_decay, val_every=args.val_every, base_width=args.base_width,
         n_poolings=args.n_poolings, aug_prob=args.aug_prob, flips=args.flips, fg_fraction=args.fg_fraction,
         seed=args.seed, device=args.device, amp=args.amp, num_workers=args.num_workers,
+        grad_check_every=args.grad_check_every,
     )
 
 
@@ -169,9 +173,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tta = _tta_from_args(args)
     pred = Predictor(args.run, checkpoint=args.checkpoint, device=args.device, feature_mask=args.mask, tta=tta,
                      mirror=args.mirror)
+    qc = None
+    if args.qc:
+        from maskgen.inference.qc import QualityCheck
+
+        qc = QualityCheck(pred, threshold=args.qc_threshold, n_random=args.qc_random_views, maps=args.qc_maps)
     written = pred.predict_to_folder(args.input, args.output, overwrite=args.overwrite,
-                                     save_probabilities=args.save_probabilities)
+                                     save_probabilities=args.save_probabilities, qc=qc)
     print(f"wrote {len(written)} files to {args.output}")
+    if qc is not None:
+        flagged = [r["case"] for r in qc.rows if r["flagged"]]
+        print(f"quality check: {len(flagged)} of {len(qc.rows)} case(s) below {args.qc_threshold}"
+              + (f": {', '.join(flagged)}" if flagged else "") + f" (scores in {args.output}/qc.csv)")
     return 0
 
 
@@ -274,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--mirror", action="store_true",
                     help="test-time augmentation: average over the 8 flips of the three axes (nnU-Net's mirroring; "
                          "8x slower; off by default)")
+    pr.add_argument("--qc", action="store_true",
+                    help="per-case reliability from the partial views (image masked, features masked, random masks "
+                         "at the training rate): agreement with the full prediction in qc.csv, low = likely failing; "
+                         "needs a method that reads features; 2 + --qc-random-views extra passes per case")
+    pr.add_argument("--qc-threshold", type=float, default=0.5, help="flag cases whose qc score is below this (default 0.5)")
+    pr.add_argument("--qc-random-views", type=int, default=3, help="random channel masks per case (default 3)")
+    pr.add_argument("--qc-maps", action="store_true",
+                    help="also write qc/<case>_disagreement.nii.gz: the share of views disagreeing at each voxel")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--overwrite", action="store_true")
     _add_tta_args(pr)

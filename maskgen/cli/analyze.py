@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maskgen.analysis.flatness import DEFAULT_SCALES as FLAT_SCALES
+from maskgen.analysis.flatness import __doc__ as FLATNESS_DOC
 from maskgen.analysis.robustness import DEFAULT_BIAS as ROBUST_BIAS
 from maskgen.analysis.robustness import DEFAULT_GAMMAS as ROBUST_GAMMAS
 from maskgen.analysis.robustness import __doc__ as ROBUSTNESS_DOC
@@ -52,11 +54,40 @@ def cmd_analyze_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze_flatness(args: argparse.Namespace) -> int:
+    from maskgen.analysis.flatness import flatness
+
+    flatness(args.runs, args.out, scales=args.scales, draws=args.draws, checkpoint=args.checkpoint,
+             device=args.device, overwrite=args.overwrite)
+    print((Path(args.out) / "flatness.txt").read_text(), end="")
+    print(f"written to {args.out}")
+    return 0
+
+
+def cmd_analyze_gradients(args: argparse.Namespace) -> int:
+    from maskgen.analysis.gradients import gradients
+
+    gradients(args.runs, args.out, overwrite=args.overwrite)
+    print((Path(args.out) / "gradients.txt").read_text(), end="")
+    print(f"written to {args.out}")
+    return 0
+
+
+def cmd_analyze_qc(args: argparse.Namespace) -> int:
+    from maskgen.analysis.qc import qc_validation
+
+    qc_validation(args.runs, args.out, n_random=args.random_views, checkpoint=args.checkpoint, device=args.device,
+                  overwrite=args.overwrite)
+    print((Path(args.out) / "qc.txt").read_text(), end="")
+    print(f"written to {args.out}")
+    return 0
+
+
 def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``maskgen analyze`` (with its ``stability`` subcommand) to the ``maskgen`` subparsers."""
     from maskgen.extractors import EXTRACTORS
 
-    an = sub.add_parser("analyze", help="analyses: feature stability (linear CKA), dependence on each input (views)")
+    an = sub.add_parser("analyze", help="analyses: feature stability (CKA), dependence on each input (views), robustness, flatness, gradients, qc")
     asub = an.add_subparsers(dest="analysis", required=True)
     vw = asub.add_parser("views", help="test Dice with all inputs, the image masked, the features masked (Figure 4)",
                          description=(VIEWS_DOC or "").split("\n\n")[0])
@@ -79,6 +110,34 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     rb.add_argument("--device", default="auto")
     rb.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
     rb.set_defaults(func=cmd_analyze_robustness)
+    fl = asub.add_parser("flatness", help="test Dice after Gaussian noise of increasing scale on all weights (B.7)",
+                         description=(FLATNESS_DOC or "").split("\n\n")[0])
+    fl.add_argument("runs", nargs="+", help="run folders written by maskgen train")
+    fl.add_argument("--out", required=True, help="analysis folder (flatness.csv, summary.json, .txt, .png)")
+    fl.add_argument("--scales", type=float, nargs="+", default=list(FLAT_SCALES),
+                    help=f"noise scales relative to each weight tensor's norm (default {' '.join(map(str, FLAT_SCALES))})")
+    fl.add_argument("--draws", type=int, default=5, help="seeded noise draws per scale (default 5, the paper's)")
+    fl.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    fl.add_argument("--device", default="auto")
+    fl.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    fl.set_defaults(func=cmd_analyze_flatness)
+    gr = asub.add_parser("gradients", help="the gradient check (B.2) of runs trained with --grad-check-every",
+                         description="Histogram and summary of the cosines in each run's grad_check.csv (the "
+                                     "paper's appendix B.2, Figure 8).")
+    gr.add_argument("runs", nargs="+", help="run folders trained with maskgen train --grad-check-every K")
+    gr.add_argument("--out", required=True, help="analysis folder (gradients.csv, summary.json, .txt, .png)")
+    gr.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    gr.set_defaults(func=cmd_analyze_gradients)
+    qc = asub.add_parser("qc", help="does predict --qc rank failing cases? Spearman with the true Dice on the test set",
+                         description="The quality-check score and softmax entropy of each labelled test case of the "
+                                     "run, and their Spearman correlation with its true Dice.")
+    qc.add_argument("runs", nargs="+", help="run folders of methods that read stable features")
+    qc.add_argument("--out", required=True, help="analysis folder (qc_validation.csv, summary.json, qc.txt, qc.png)")
+    qc.add_argument("--random-views", type=int, default=3, help="random channel masks per case (default 3)")
+    qc.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    qc.add_argument("--device", default="auto")
+    qc.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    qc.set_defaults(func=cmd_analyze_qc)
     st = asub.add_parser(
         "stability", help="linear CKA of extractor features (and of the raw image) between domains and under gamma",
         description=STABILITY_DOC.split("\n\n")[0] + " Without --pairs, subjects are rendered by the phantom generator.",

@@ -156,14 +156,9 @@ class Predictor:
             raise ValueError(f"{path}: image contains NaN or infinite voxels")
         x = image.as_tensor() if self.perturb is None else self.perturb(image.as_tensor())
         probs = self.tta.predict_volume(self, x, name=case_name(path))
-        from monai.data import MetaTensor
-
-        probs_mt = MetaTensor(probs, affine=image.affine)
-        back = SpatialResample(mode="bilinear", padding_mode="border")(
-            probs_mt, dst_affine=torch.as_tensor(original.affine, dtype=torch.float64), spatial_size=tuple(shape)
-        )
-        back = torch.as_tensor(back).float().clamp_min(0).numpy()
-        return back, original
+        #: the last volume's preprocessed image and probabilities (its quality check reuses them)
+        self.last_preprocessed = (x, probs, image.affine)
+        return to_input_grid(probs, image.affine, original), original
 
     def predict_file(self, path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
         probs, original = self.probabilities(path)
@@ -171,12 +166,17 @@ class Predictor:
         return labels, probs, original
 
     def predict_to_folder(self, inputs: Iterable[str | Path] | str | Path, output: str | Path,
-                          overwrite: bool = False, save_probabilities: bool = False, progress: bool = True) -> list[Path]:
+                          overwrite: bool = False, save_probabilities: bool = False, progress: bool = True,
+                          qc=None) -> list[Path]:
         """Segment every input into ``output``; every input is checked first, and nothing is written
-        (not even the folder) when any input is bad, would be overwritten, or is itself a target."""
+        (not even the folder) when any input is bad, would be overwritten, or is itself a target.
+        ``qc``: a ``maskgen.inference.qc.QualityCheck`` that scores each case from the partial views."""
         paths = collect_inputs(inputs)
         out_dir = Path(output)
         targets = output_paths(paths, out_dir, save_probabilities)
+        if qc is not None:
+            for p, extra in qc.targets(paths, out_dir).items():
+                targets[p] += extra
         problems = [f"{p}: {why}" for p in tqdm(paths, desc="check inputs", disable=not progress, leave=False)
                     if (why := check_input(p)) is not None]
         if problems:
@@ -196,6 +196,10 @@ class Predictor:
                 written.append(write_mask(labels, original, targets[p][0]))
                 if save_probabilities:
                     written.append(write_probabilities(probs, original, targets[p][1]))
+                if qc is not None:
+                    written += qc.check(self, p, original)
+            if qc is not None:
+                written.append(qc.write(out_dir))
             report = self.tta.report()
             if report is not None:
                 written.append(atomic_write_json(out_dir / "tta.json", report))
@@ -203,6 +207,18 @@ class Predictor:
             if created and out_dir.is_dir() and not any(out_dir.iterdir()):
                 out_dir.rmdir()  # a run that failed before its first mask leaves no empty folder
         return written
+
+
+def to_input_grid(values: torch.Tensor, affine, original) -> np.ndarray:
+    """(C, D, H, W) values on the preprocessed grid, resampled (linear) onto the input file's own grid."""
+    from monai.data import MetaTensor
+
+    shape = original.shape[:3]
+    back = SpatialResample(mode="bilinear", padding_mode="border")(
+        MetaTensor(values, affine=affine), dst_affine=torch.as_tensor(original.affine, dtype=torch.float64),
+        spatial_size=tuple(shape),
+    )
+    return torch.as_tensor(back).float().clamp_min(0).numpy()
 
 
 def write_mask(labels: np.ndarray, like, path: Path) -> Path:

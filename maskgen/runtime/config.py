@@ -43,6 +43,8 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     num_workers: int = 1
+    #: every K steps, the paper's gradient check (B.2) into grad_check.csv; 0: off
+    grad_check_every: int = 0
     # filled in when the run starts
     modality: str | None = None
     n_classes: int | None = None
@@ -55,7 +57,7 @@ class TrainConfig:
     ignore_value: int | None = None
 
     #: settings ``--resume`` may change; any other setting given on resume must match the saved run
-    RESUMABLE_CHANGES = ("steps", "device", "num_workers")
+    RESUMABLE_CHANGES = ("steps", "device", "num_workers", "grad_check_every")
     PATH_FIELDS = ("dataset", "out", "splits", "extractor_weights")
 
     def network_kwargs(self) -> dict[str, int]:

@@ -12,12 +12,19 @@ from maskgen.extractors.base import StableExtractor
 from maskgen.methods.base import Method
 
 
-def make_predictor(method: Method, extractor: StableExtractor | None, feature_mask: str | None = None):
-    """A function window -> logits. ``feature_mask`` ('image' or 'features') zeroes one source (Fig. 4)."""
+def make_predictor(method: Method, extractor: StableExtractor | None, feature_mask: str | torch.Tensor | None = None):
+    """A function window -> logits. ``feature_mask`` ('image' or 'features') zeroes one source (Fig. 4); a
+    tensor of one factor per input channel (image first, then features) scales each, as training's masking
+    does (``maskgen predict --qc``)."""
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         feats = extractor(x) if (method.uses_features and extractor is not None) else None
-        if feature_mask == "image":
+        if isinstance(feature_mask, torch.Tensor):
+            keep = feature_mask.to(device=x.device, dtype=x.dtype).view(1, -1, *([1] * (x.ndim - 2)))
+            n_img = x.shape[1]
+            x = x * keep[:, :n_img]
+            feats = feats * keep[:, n_img:] if feats is not None else None
+        elif feature_mask == "image":
             x = torch.zeros_like(x)
         elif feature_mask == "features" and feats is not None:
             feats = torch.zeros_like(feats)
@@ -36,7 +43,7 @@ def sliding_window_probs(
     device: torch.device | str = "cpu",
     amp: bool = False,
     sw_batch_size: int = 2,
-    feature_mask: str | None = None,
+    feature_mask: str | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities (C, D, H, W) for one preprocessed image (1, D, H, W), Gaussian-blended."""
     device = torch.device(device)

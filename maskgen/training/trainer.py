@@ -32,6 +32,7 @@ from maskgen.runtime.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from maskgen.runtime.config import TrainConfig
 from maskgen.runtime.sliding import sliding_window_probs
 from maskgen.steplog import StepLog, truncate_step_log
+from maskgen.training.grad_check import GradientCheck
 from maskgen.training.losses import segmentation_loss
 
 LOG_FIELDS = ["step", "loss", "lr", "val_dice", "seconds"]
@@ -286,6 +287,10 @@ class Trainer:
         main = self.dist.is_main
         step_log = (StepLog(self.run_dir / "log.csv", LOG_FIELDS + list(self.method.DIAGNOSTICS), self.resume)
                     if main else None)
+        grad_check = (GradientCheck(self.method, self.extractor, self.val_vols or self.train_vols, cfg.patch_size,
+                                    cfg.batch_size, self.criterion, self.device, self.run_dir, self.resume, self.step,
+                                    seed=cfg.seed)
+                      if main and cfg.grad_check_every > 0 else None)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.method}", disable=not self.progress)
         self.method.train()
         it = iter(loader)
@@ -320,6 +325,8 @@ class Trainer:
                                     "lr": f"{self.scheduler.get_last_lr()[0]:.3e}", "val_dice": val,
                                     "seconds": f"{time.perf_counter() - t0:.4f}",
                                     **{k: f"{float(v):.6g}" for k, v in diagnostics.items()}})
+                if grad_check is not None and self.step % cfg.grad_check_every == 0:
+                    grad_check(self.step)
                 # the step's row is on disk before the checkpoint that claims it, so a kill in between
                 # never loses a row (resume drops rows after its checkpoint instead)
                 if checkpoint_now:
@@ -335,6 +342,8 @@ class Trainer:
             bar.close()
             if step_log is not None:
                 step_log.close()
+            if grad_check is not None:
+                grad_check.close()
             for h in self.file_log.handlers:
                 h.flush()
         if main:
