@@ -25,14 +25,18 @@ def _add_method_hparams(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from maskgen.extractors import EXTRACTORS
+    from maskgen.extractors import EXTRACTORS, extractor_name
     from maskgen.methods import METHODS
 
     p.add_argument("--method", default="maskgen", choices=sorted(METHODS), help="training method (default maskgen)")
-    p.add_argument("--extractor", default="mind", choices=sorted(k for k in EXTRACTORS if k != "none"),
-                   help="frozen stable feature extractor (default mind: weight-free MIND-SSC, the offline one that measured best out of domain, docs/results.md)")
+    p.add_argument("--extractor", default="mind", type=extractor_name, metavar="NAME[+NAME...]",
+                   help="frozen stable feature extractor: "
+                        + ", ".join(sorted(k for k in EXTRACTORS if k != "none"))
+                        + "; several joined by '+' (mind+maskgen-synth) concatenate their features (default mind: "
+                          "weight-free MIND-SSC, the offline one that measured best out of domain, docs/results.md)")
     p.add_argument("--extractor-weights", default=None,
-                   help="weights file for extractors that need one (anatomix.pth). Weights load with "
+                   help="weights file for extractors that need one (anatomix.pth; with several extractors, "
+                        "NAME=PATH pairs joined by commas). Weights load with "
                         "weights_only=True, but --extractor torchscript runs the file's own code when it loads: "
                         "use trusted files only")
     p.add_argument("--extractor-layer", default=None, help="extractor layer (anatomix: penultimate|final|INDEX)")
@@ -171,8 +175,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from maskgen.inference.predict import Predictor
 
     tta = _tta_from_args(args)
+    from maskgen.runtime.sliding import DEFAULT_FEATURE_PASS
+
     pred = Predictor(args.run, checkpoint=args.checkpoint, device=args.device, feature_mask=args.mask, tta=tta,
-                     mirror=args.mirror)
+                     mirror=args.mirror, feature_pass=args.feature_pass or DEFAULT_FEATURE_PASS)
     qc = None
     if args.qc:
         from maskgen.inference.qc import QualityCheck
@@ -287,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--mirror", action="store_true",
                     help="test-time augmentation: average over the 8 flips of the three axes (nnU-Net's mirroring; "
                          "8x slower; off by default)")
+    pr.add_argument("--feature-pass", default=None, choices=["window", "volume", "volume-norm"],
+                    help="stable features on every sliding window, or once per volume (normalised per window, or "
+                         "over the volume); measured in docs/benchmarks.md (default: maskgen.runtime.sliding's)")
     pr.add_argument("--qc", action="store_true",
                     help="per-case reliability from the partial views (image masked, features masked, random masks "
                          "at the training rate): agreement with the full prediction in qc.csv, low = likely failing; "

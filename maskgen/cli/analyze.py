@@ -85,7 +85,7 @@ def cmd_analyze_qc(args: argparse.Namespace) -> int:
 
 def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``maskgen analyze`` (with its ``stability`` subcommand) to the ``maskgen`` subparsers."""
-    from maskgen.extractors import EXTRACTORS
+    from maskgen.extractors import extractor_name
 
     an = sub.add_parser("analyze", help="analyses: feature stability (CKA), dependence on each input (views), robustness, flatness, gradients, qc")
     asub = an.add_subparsers(dest="analysis", required=True)
@@ -143,8 +143,9 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         description=STABILITY_DOC.split("\n\n")[0] + " Without --pairs, subjects are rendered by the phantom generator.",
     )  # fmt: skip
     st.add_argument("--out", required=True, help="report folder (cka_domains.csv, cka_gamma.csv, summary.json, PNGs)")
-    st.add_argument("--extractors", nargs="+", default=["mind"], choices=sorted(k for k in EXTRACTORS if k != "none"),
-                    help="extractors to score besides the raw image (default mind)")
+    st.add_argument("--extractors", nargs="+", default=["mind"], type=extractor_name,
+                    metavar="NAME[+NAME...]",
+                    help="extractors to score besides the raw image; a+b scores their concatenated features (default mind)")
     st.add_argument("--extractor-weights", nargs="+", default=None, metavar="NAME=PATH",
                     help="weights file per extractor, e.g. anatomix=anatomix.pth")
     st.add_argument("--pairs", default=None,

@@ -19,6 +19,7 @@ register_extractor = EXTRACTORS.register
 
 
 def build_extractor(name: str, **kwargs) -> StableExtractor:
+    """One registered extractor (``maskgen.extractors.build_extractor`` also builds combinations ``a+b``)."""
     return EXTRACTORS.lookup(name)(**kwargs).freeze()
 
 
@@ -52,8 +53,9 @@ class StableExtractor(nn.Module):
         return tuple(max(self.min_size, -(-s // m) * m) for s in shape)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features for ``x`` of shape (B, 1, D, H, W), returned with the same spatial size."""
+    def forward(self, x: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
+        """Features for ``x`` of shape (B, 1, D, H, W), returned with the same spatial size; ``normalize``
+        False skips the instance normalisation (for features computed once and normalised per window)."""
         if x.ndim != 5:
             raise ValueError(f"extractor {self.name!r} expects (B, C, D, H, W), got shape {tuple(x.shape)}")
         spatial = tuple(x.shape[2:])
@@ -70,7 +72,7 @@ class StableExtractor(nn.Module):
                 lo = (t - s) // 2
                 sl.append(slice(lo, lo + s))
             feats = feats[tuple(sl)]
-        if self.normalize:
+        if self.normalize if normalize is None else normalize:
             feats = instance_normalize(feats)
         return feats.to(x.dtype)
 

@@ -34,7 +34,7 @@ from maskgen.io import OutputExistsError, atomic_write, atomic_write_json
 from maskgen.runtime.build import build_extractor_from_config, build_method_from_config
 from maskgen.runtime.checkpoint import load_checkpoint
 from maskgen.runtime.config import TrainConfig
-from maskgen.runtime.sliding import sliding_window_probs
+from maskgen.runtime.sliding import DEFAULT_FEATURE_PASS, FEATURE_PASSES, sliding_window_probs
 
 log = logging.getLogger("maskgen")
 #: every subset of the three spatial axes: nnU-Net's mirroring at prediction
@@ -97,7 +97,7 @@ class Predictor:
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
                  overlap: float | None = None, feature_mask: str | None = None, tta: TTA | None = None,
-                 mirror: bool = False):
+                 mirror: bool = False, feature_pass: str = DEFAULT_FEATURE_PASS):
         """``mirror``: average the softmax over the 8 flips of the three axes (nnU-Net's test-time mirroring,
         8x the compute); a test-time augmentation, unlike ``tta`` (adaptation), which changes nothing."""
         self.run_dir = Path(run_dir)
@@ -120,6 +120,10 @@ class Predictor:
         self.overlap = self.cfg.val_overlap if overlap is None else overlap
         self.feature_mask = feature_mask
         self.mirror = bool(mirror)
+        if feature_pass not in FEATURE_PASSES:
+            raise ValueError(f"feature pass must be one of {FEATURE_PASSES}, got {feature_pass!r}")
+        #: stable features per sliding window or once per volume (``maskgen.runtime.sliding.FEATURE_PASSES``)
+        self.feature_pass = feature_pass
         #: optional change to each preprocessed image before it is segmented (``maskgen analyze robustness``)
         self.perturb = None
         #: test-time adaptation; the default is plain sliding-window inference (``maskgen.inference.tta``)
@@ -135,7 +139,7 @@ class Predictor:
             x = torch.flip(image, [a + 1 for a in axes]) if axes else image
             p = sliding_window_probs(
                 self.method, self.extractor, x, self.cfg.patch_size, self.overlap, self.device,
-                self.cfg.amp, feature_mask=self.feature_mask,
+                self.cfg.amp, feature_mask=self.feature_mask, feature_pass=self.feature_pass,
             )
             p = torch.flip(p, [a + 1 for a in axes]) if axes else p
             total = p if total is None else total + p

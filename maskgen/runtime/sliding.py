@@ -8,7 +8,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from maskgen.device import autocast
-from maskgen.extractors.base import StableExtractor
+from maskgen.extractors.base import StableExtractor, instance_normalize
 from maskgen.methods.base import Method
 
 
@@ -33,6 +33,34 @@ def make_predictor(method: Method, extractor: StableExtractor | None, feature_ma
     return predict
 
 
+#: how inference computes the stable features: ``window`` runs the extractor on every sliding window (each
+#: voxel about 8 times at overlap 0.5, as training sees patches); ``volume`` runs it once on the whole volume
+#: and instance-normalises each window's slice by that window's statistics (training's normalisation);
+#: ``volume-norm`` normalises once over the whole volume. docs/benchmarks.md measures the three.
+FEATURE_PASSES = ("window", "volume", "volume-norm")
+DEFAULT_FEATURE_PASS = "window"
+
+
+def _precomputed_predictor(method: Method, n_image: int, normalise_window: bool,
+                           feature_mask: str | torch.Tensor | None):
+    """Window of [image, precomputed features] -> logits, with the same masking as ``make_predictor``."""
+
+    def predict(w: torch.Tensor) -> torch.Tensor:
+        x, feats = w[:, :n_image], w[:, n_image:]
+        if normalise_window:
+            feats = instance_normalize(feats)
+        if isinstance(feature_mask, torch.Tensor):
+            keep = feature_mask.to(device=w.device, dtype=w.dtype).view(1, -1, *([1] * (w.ndim - 2)))
+            x, feats = x * keep[:, :n_image], feats * keep[:, n_image:]
+        elif feature_mask == "image":
+            x = torch.zeros_like(x)
+        elif feature_mask == "features":
+            feats = torch.zeros_like(feats)
+        return method(x, feats).float()
+
+    return predict
+
+
 @torch.no_grad()
 def sliding_window_probs(
     method: Method,
@@ -44,19 +72,32 @@ def sliding_window_probs(
     amp: bool = False,
     sw_batch_size: int = 2,
     feature_mask: str | torch.Tensor | None = None,
+    feature_pass: str = DEFAULT_FEATURE_PASS,
 ) -> torch.Tensor:
     """Softmax probabilities (C, D, H, W) for one preprocessed image (1, D, H, W), Gaussian-blended."""
+    if feature_pass not in FEATURE_PASSES:
+        raise ValueError(f"feature pass must be one of {FEATURE_PASSES}, got {feature_pass!r}")
     device = torch.device(device)
     was_training = method.training
     method.eval()
     x = torch.as_tensor(image).float().unsqueeze(0).to(device)
+    once = feature_pass != "window" and method.uses_features and extractor is not None
     try:
         with autocast(device, amp):
+            if once:
+                normalise_once = feature_pass == "volume-norm" and extractor.normalize
+                feats = extractor(x, normalize=normalise_once).to(x.dtype)
+                inputs = torch.cat([x, feats], dim=1)
+                del feats
+                predictor = _precomputed_predictor(method, x.shape[1],
+                                                   feature_pass == "volume" and extractor.normalize, feature_mask)
+            else:
+                inputs, predictor = x, make_predictor(method, extractor, feature_mask)
             logits = sliding_window_inference(
-                x,
+                inputs,
                 roi_size=tuple(int(r) for r in roi_size),
                 sw_batch_size=sw_batch_size,
-                predictor=make_predictor(method, extractor, feature_mask),
+                predictor=predictor,
                 overlap=overlap,
                 mode="gaussian",
             )
