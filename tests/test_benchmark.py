@@ -224,3 +224,32 @@ def test_shipped_configs_parse(tmp_path, name):
         assert cfg.train["steps"] == (40_000 if "fewshot" in name else 250_000)
         assert cfg.train["extractor_weights"] == str(path.parent / "weights" / "anatomix.pth")
         assert cfg.few_shot_subjects == (5 if "fewshot" in name else None)
+
+
+def test_a_dataset_preset_is_read_and_its_own_train_settings_win(tmp_path):
+    from maskgen.benchmark.config import parse_benchmark_config
+
+    (tmp_path / "preset.yaml").write_text("spacing: [1.0, 1.0, 1.5]\npatch_size: [192, 192, 128]\nflips: false\n")
+    raw = json.loads(json.dumps(TINY))
+    raw["datasets"]["phantom"]["preset"] = "preset.yaml"
+    raw["datasets"]["phantom"]["train"] = {"patch_size": [16, 16, 16]}
+    cfg = parse_benchmark_config(raw, tmp_path / "bench.yaml")
+    assert cfg.datasets[0].train == {"spacing": [1.0, 1.0, 1.5], "patch_size": [16, 16, 16], "flips": False}
+    raw["datasets"]["phantom"]["preset"] = "missing.yaml"
+    with pytest.raises(ValueError, match="datasets.phantom.preset: .*missing.yaml: preset not found"):
+        parse_benchmark_config(raw, tmp_path / "bench.yaml")
+
+
+def test_a_second_runner_is_locked_out_but_a_report_may_be_taken_meanwhile(finished):
+    import fcntl
+
+    from maskgen.benchmark.runner import BenchmarkLockedError
+
+    root, config, report = finished
+    out = root / "one"
+    with open(out / ".benchmark.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running benchmark holds it
+        with pytest.raises(BenchmarkLockedError, match="another maskgen benchmark is running"):
+            run_benchmark(config, out, progress=False)
+        again = run_benchmark(config, out, report_only=True, progress=False)
+    assert again["datasets"] == report["datasets"]

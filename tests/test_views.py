@@ -212,3 +212,39 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_views_that_agree_exactly_give_the_best_qc_score_and_identical_inputs_a_gradient_cosine_of_1(runs, tmp_path):
+    import numpy as np
+    import torch
+
+    from maskgen.evaluation.testing import labelled_test_cases
+    from maskgen.inference.predict import Predictor
+    from maskgen.inference.qc import QualityCheck
+    from maskgen.training.grad_check import GradientCheck, first_convolution
+    from maskgen.training.losses import segmentation_loss
+
+    pred = Predictor(runs["maskgen"], device="cpu")
+    conv = first_convolution(pred.method, 1 + pred.cfg.feature_channels)
+    with torch.no_grad():
+        conv.weight.zero_()  # the output no longer depends on the input: every view agrees with the full one
+    case = labelled_test_cases(pred.cfg, runs["maskgen"])[0]
+    pred.predict_file(case.image)
+    row, disagree = QualityCheck(pred, n_random=2).score(pred)
+    assert row["qc_score"] == 1.0 and float(disagree.max()) == 0.0
+
+    class FixedFeatures(torch.nn.Module):  # features that do not depend on the image
+        def forward(self, x):
+            return torch.rand((x.shape[0], pred.cfg.feature_channels, *x.shape[2:]),
+                              generator=torch.Generator().manual_seed(0))
+
+    label = torch.zeros(1, 16, 16, 16, dtype=torch.uint8)
+    label[:, 4:12, 4:12, 4:12] = 1
+    vol = {"image": torch.zeros(1, 16, 16, 16), "label": label}
+    check = GradientCheck(pred.method, FixedFeatures(), [vol], [16, 16, 16], 2, segmentation_loss(None),
+                          torch.device("cpu"), tmp_path, resume=False, step=0)
+    with torch.no_grad():
+        conv.weight.normal_()
+    result = check(1)  # a zero image: the joint and the features-only input are the same input
+    check.close()
+    assert np.isclose(result["all"], 1.0)

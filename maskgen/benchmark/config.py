@@ -134,13 +134,22 @@ def _dataset(name: str, spec: Any, base: Path, fail) -> DatasetEntry:
     where = f"datasets.{name}"
     if not isinstance(spec, dict):
         raise fail(f"{where} must be a mapping with 'path' (an nnU-Net folder) or 'phantom' (its settings)")
-    unknown = sorted(set(spec) - {"path", "splits", "phantom", "train"})
+    unknown = sorted(set(spec) - {"path", "splits", "phantom", "train", "preset"})
     if unknown:
-        raise fail(f"{where}: unknown keys {unknown} (known: path, splits, phantom, train)")
+        raise fail(f"{where}: unknown keys {unknown} (known: path, splits, phantom, train, preset)")
     if ("path" in spec) == ("phantom" in spec):
         raise fail(f"{where} needs exactly one of 'path' (an nnU-Net raw folder) and 'phantom' (generated)")
-    entry = DatasetEntry(name=str(name),
-                         train=_resolve_weights(_train_settings(spec.get("train") or {}, f"{where}.train", fail), base))
+    preset: dict[str, Any] = {}
+    if spec.get("preset") is not None:  # maskgen recipe's preset.yaml: the paper's settings for that dataset
+        from maskgen.runtime.config import load_preset
+
+        try:
+            preset = load_preset(base / str(spec["preset"]))
+        except (OSError, ValueError) as e:
+            raise fail(f"{where}.preset: {e}") from None
+    entry = DatasetEntry(name=str(name), train=_resolve_weights(
+        {**_train_settings(preset, f"{where}.preset", fail),
+         **_train_settings(spec.get("train") or {}, f"{where}.train", fail)}, base))
     if "path" in spec:
         entry.path = str((base / str(spec["path"])).resolve())
         if not (Path(entry.path) / "dataset.json").is_file():

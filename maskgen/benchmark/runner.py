@@ -62,15 +62,17 @@ def run_benchmark(config: str | Path, out: str | Path, jobs: int = 1, devices: S
     cfg = load_benchmark_config(config)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if report_only:  # trains nothing, so it may report while a runner is still training in the folder
+        return _run(cfg, out, jobs, devices, threads, executor, report_only, progress)
     with open(out / ".benchmark.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise BenchmarkLockedError(f"{out}: another maskgen benchmark is running in this folder") from None
-        return _run_locked(cfg, out, jobs, devices, threads, executor, report_only, progress)
+        return _run(cfg, out, jobs, devices, threads, executor, report_only, progress)
 
 
-def _run_locked(cfg, out: Path, jobs: int, devices: Sequence[str], threads: int | None, executor: str,
+def _run(cfg, out: Path, jobs: int, devices: Sequence[str], threads: int | None, executor: str,
                 report_only: bool, progress: bool) -> dict[str, Any]:
     t0 = time.time()
     prepare_datasets(cfg, out, progress=progress)
@@ -79,11 +81,12 @@ def _run_locked(cfg, out: Path, jobs: int, devices: Sequence[str], threads: int 
     status = {c.cell_id: cell_status(c) for c in cells}
     todo = run_order([c for c in cells if status[c.cell_id] != DONE], cfg)
     config_copy = out / "benchmark.yaml"
-    if config_copy.exists() and config_copy.read_bytes() != cfg.path.read_bytes():
+    if not report_only and config_copy.exists() and config_copy.read_bytes() != cfg.path.read_bytes():
         history = out / "configs"
         history.mkdir(exist_ok=True)
         shutil.copyfile(config_copy, history / f"benchmark.{time.strftime('%Y%m%d-%H%M%S')}.yaml")
-    atomic_write_text(config_copy, cfg.path.read_text(encoding="utf-8"))
+    if not report_only:
+        atomic_write_text(config_copy, cfg.path.read_text(encoding="utf-8"))
     n_partial = sum(status[c.cell_id] not in (DONE, NEW) for c in cells)
     msg = (f"{len(cells)} cells: {len(cells) - len(todo)} done, {n_partial} to resume, "
            f"{len(todo) - n_partial} to start")

@@ -137,7 +137,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.dataset is None or args.out is None:
             raise ValueError("train needs DATASET and --out (or --config RUN/config.yaml to rerun a run)")
         cfg = _config_from_args(args, args.dataset, args.out)
-        given = given_settings(build_parser(), args.argv) if args.resume else None
+        given = given_settings(build_parser(), args.argv) if args.resume or args.preset else None
+        if args.preset:
+            from maskgen.runtime.config import load_preset
+
+            for key, value in load_preset(args.preset).items():  # flags given on the command line win
+                if key not in given:
+                    setattr(cfg, key, value)
+            if not args.resume:
+                given = None
     result = train_and_test(cfg, resume=args.resume, overwrite=args.overwrite, test=not args.no_test, given=given)
     args.out = cfg.out
     if os.environ.get("RANK", "0") != "0":
@@ -215,6 +223,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from maskgen.recipes import convert
+
+    summary = convert(args.name, args.source, args.out, overwrite=args.overwrite, metadata=args.metadata,
+                      splits=args.splits, few_shot=args.few_shot)
+    for split in ("train", "val", "test"):
+        by_domain = summary["counts"].get(split, {})
+        print(f"{split:5s} {sum(by_domain.values()):5d}  " + ", ".join(f"{d}: {n}" for d, n in sorted(by_domain.items())))
+    for d in summary["differences"]:
+        print(f"note: {d}")
+    print(f"written to {args.out} (dataset.json, splits.csv, preset.yaml); train with: maskgen train {args.out} "
+          f"--splits {args.out}/splits.csv --preset {args.out}/preset.yaml --out RUN")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from maskgen.demo import run_demo
 
@@ -279,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     tr.add_argument("--no-test", action="store_true", help="skip testing the best checkpoint on the test split")
+    tr.add_argument("--preset", default=None, metavar="preset.yaml",
+                    help="training settings from a file (maskgen recipe writes the paper's for each dataset); flags "
+                         "given as well win")
     _add_train_args(tr)
     tr.set_defaults(func=cmd_train)
 
@@ -334,6 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     ex.add_argument("--overwrite", action="store_true")
     ex.set_defaults(func=cmd_export)
+
+    rc = sub.add_parser("recipe", help="one of the paper's six benchmarks, from its public release to nnU-Net layout")
+    rc.add_argument("name", choices=["brats", "hvsmr", "prostate", "pandg", "amos", "topcow"])
+    rc.add_argument("source", metavar="SOURCE_DIR", help="the release as downloaded")
+    rc.add_argument("out", metavar="OUT_DIR", help="nnU-Net v2 raw dataset to write (with splits.csv, preset.yaml)")
+    rc.add_argument("--metadata", default=None, help="hvsmr: CSV patient,severity (names each patient's domain)")
+    rc.add_argument("--splits", default=None,
+                    help="pandg: CSV image,label,split,domain[,subject] (the split rule is not published)")
+    rc.add_argument("--few-shot", type=int, default=None, metavar="N",
+                    help="the paper's few-shot setting (Table 2): keep the first N training subjects (BraTS: images) "
+                         "of the rng(123) shuffle, as the reference does")
+    rc.add_argument("--overwrite", action="store_true", help="replace an OUT_DIR an earlier recipe wrote")
+    rc.set_defaults(func=cmd_recipe)
 
     de = sub.add_parser("demo", help="phantom benchmark end to end: ERM vs MaskGen, in- and out-of-domain")
     de.add_argument("--out", default="maskgen_demo")
