@@ -119,3 +119,16 @@ def ensure_fresh_dir(path: str | Path, overwrite: bool, what: str = "output fold
         )
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def atomic_write_csv(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    """Rows (dicts) as a CSV, atomically; columns default to the first row's keys (``run`` if there are none)."""
+    import csv
+    import io as _io
+
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns or (list(rows[0]) if rows else ["run"]), lineterminator="\n",
+                       extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())

@@ -9,8 +9,6 @@ B.7); scale 0 reproduces the clean test Dice. A flatter solution loses less as `
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from maskgen.evaluation.evaluate import mean_se
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.figures import new_figure, save_figure
 from maskgen.inference.predict import Predictor
-from maskgen.io import atomic_write_json, atomic_write_text, ensure_fresh_dir
+from maskgen.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_fresh_dir
 
 DEFAULT_SCALES = (0.0, 0.05, 0.1, 0.2, 0.3)
 
@@ -78,11 +76,7 @@ def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> No
     import shutil
 
     shutil.rmtree(out / "scratch", ignore_errors=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["run"], lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "flatness.csv", buf.getvalue())
+    atomic_write_csv(out / "flatness.csv", rows)
     atomic_write_json(out / "summary.json", summary)
     lines = ["Mean test Dice after weight noise of relative scale s (± SE over cases; draws averaged per case)", ""]
     fig = new_figure((5.5, 3.8))

@@ -9,7 +9,6 @@ Figure 8 (it should lie above zero).
 from __future__ import annotations
 
 import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from maskgen.figures import new_figure, save_figure
-from maskgen.io import atomic_write_json, atomic_write_text, ensure_fresh_dir
+from maskgen.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_fresh_dir
 from maskgen.runtime.config import TrainConfig
 from maskgen.training.grad_check import FILE
 
@@ -57,12 +56,8 @@ def gradients(runs: Sequence[str | Path], out: str | Path, overwrite: bool = Fal
             "all": _stats([r["cosine"] for r in rows if r["channel"] == "all"]),
             "per_channel": _stats([r["cosine"] for r in rows if r["channel"] != "all"]),
         }
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["run", "step", "channel", "cosine"], lineterminator="\n")
-    w.writeheader()
-    for name, rows in data.items():
-        w.writerows({"run": name, **r} for r in rows)
-    atomic_write_text(out / "gradients.csv", buf.getvalue())
+    atomic_write_csv(out / "gradients.csv", [{"run": name, **r} for name, rows in data.items() for r in rows],
+                     ["run", "step", "channel", "cosine"])
     atomic_write_json(out / "summary.json", summary)
     lines = ["Cosine between first-conv feature-kernel gradients, joint vs features-only input (B.2)", ""]
     for name, s in summary.items():

@@ -8,8 +8,6 @@ foreground Dice. Reports the Spearman rank correlation of each score with the Di
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +23,7 @@ from maskgen.evaluation.testing import labelled_test_cases
 from maskgen.figures import new_figure, save_figure
 from maskgen.inference.predict import Predictor
 from maskgen.inference.qc import DEFAULT_RANDOM_VIEWS, QualityCheck
-from maskgen.io import atomic_write_json, atomic_write_text, ensure_fresh_dir
+from maskgen.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_fresh_dir
 from maskgen.metrics import drop_ignored
 
 #: score -> (column, sign): each is correlated with Dice so that higher should mean better
@@ -73,11 +71,7 @@ def qc_validation(runs: Sequence[str | Path], out: str | Path, n_random: int = D
 
 
 def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["run"], lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "qc_validation.csv", buf.getvalue())
+    atomic_write_csv(out / "qc_validation.csv", rows)
     atomic_write_json(out / "summary.json", summary)
     lines = ["Spearman correlation with the true test Dice over all test cases (higher = ranks failures better)", ""]
     for name, s in summary.items():

@@ -8,8 +8,6 @@ per strength. Gamma 1 and strength 0 leave the image untouched, so they reproduc
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from maskgen.evaluation.evaluate import mean_se
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.figures import new_figure, save_figure
 from maskgen.inference.predict import Predictor
-from maskgen.io import atomic_write_json, atomic_write_text, ensure_fresh_dir
+from maskgen.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_fresh_dir
 
 DEFAULT_GAMMAS = (0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_BIAS = (0.0, 0.2, 0.4, 0.6)
@@ -84,11 +82,7 @@ def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> No
     import shutil
 
     shutil.rmtree(out / "scratch", ignore_errors=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["run"], lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "robustness.csv", buf.getvalue())
+    atomic_write_csv(out / "robustness.csv", rows)
     atomic_write_json(out / "summary.json", summary)
     lines = ["Mean test Dice (± SE over cases; bias: mean over fields per case first)", ""]
     fig = new_figure((10, 3.6))

@@ -8,8 +8,6 @@ features; MaskGen should hold up without the image. Runs that read no features g
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from maskgen.evaluation.evaluate import format_stat
 from maskgen.evaluation.plots import plot_domain_bars
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.inference.predict import Predictor
-from maskgen.io import atomic_write_json, atomic_write_text, ensure_fresh_dir
+from maskgen.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_fresh_dir
 
 #: view name -> what ``Predictor(feature_mask=...)`` zeroes (None: nothing)
 VIEWS = {"all inputs": None, "image masked": "image", "features masked": "features"}
@@ -59,11 +57,7 @@ def _run_names(runs: Sequence[str | Path]) -> list[str]:
 
 
 def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["run", "method", "view", "case", "domain", "mean_dice"], lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "views.csv", buf.getvalue())
+    atomic_write_csv(out / "views.csv", rows, ["run", "method", "view", "case", "domain", "mean_dice"])
     atomic_write_json(out / "summary.json", summary)
     lines = ["Mean test Dice per view (± SE over cases); a view zeroes one input source at inference", ""]
     bars: dict[str, dict[str, tuple[float, float]]] = {}

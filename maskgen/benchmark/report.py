@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from maskgen.benchmark.selection import (
     summarize_groups,
 )
 from maskgen.evaluation.evaluate import format_stat, mean_se
-from maskgen.io import atomic_write_json, atomic_write_text
+from maskgen.io import atomic_write_csv, atomic_write_json, atomic_write_text
 
 IN, OUT = "in-domain", "out-of-domain"
 #: a cell is called converged when its best validation Dice in the last quarter of training beats the best
@@ -144,13 +143,13 @@ def _write(cfg: BenchmarkConfig, cells: list[Cell], results: list[CellResult], r
            per_case: list[dict[str, Any]], out: Path) -> None:
     atomic_write_json(out / "table.json", report)
     atomic_write_text(out / "table.md", format_markdown(report, [a.name for a in cfg.arms]))
-    atomic_write_text(out / "table.csv", _csv(_table_rows(report), ["dataset", "arm", "point", "seeds", "val_dice",
-                      "in_mean", "in_se", "out_mean", "out_se", "out_seed_se", "paired_out_mean", "paired_out_se",
-                      "paired_in_mean", "paired_in_se", "rank", "complete"]))
-    atomic_write_text(out / "per_case.csv", _csv(per_case, ["dataset", "arm", "point", "seed", "case", "subject",
-                      "domain", "in_domain", "mean_dice", "mean_hd95"]))
+    atomic_write_csv(out / "table.csv", _table_rows(report), [
+        "dataset", "arm", "point", "seeds", "val_dice", "in_mean", "in_se", "out_mean", "out_se", "out_seed_se",
+        "paired_out_mean", "paired_out_se", "paired_in_mean", "paired_in_se", "rank", "complete"])
+    atomic_write_csv(out / "per_case.csv", per_case, ["dataset", "arm", "point", "seed", "case", "subject", "domain",
+                                                      "in_domain", "mean_dice", "mean_hd95"])
     sweep = _sweep_rows(cells, results, report)
-    atomic_write_text(out / "sweep.csv", _csv(sweep, list(sweep[0]) if sweep else ["dataset"]))
+    atomic_write_csv(out / "sweep.csv", sweep, list(sweep[0]) if sweep else ["dataset"])
     atomic_write_text(out / "sweep.md", format_sweep(sweep))
     _figures(cfg, cells, report, out)
 
@@ -243,15 +242,6 @@ def format_sweep(rows: list[dict[str, Any]]) -> str:
                                         _fmt(r["train_minutes"], 1), _fmt(r["test_in"]),
                                         _fmt(r["test_out"]), "yes" if r["selected"] else ""]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    return buf.getvalue()
 
 
 def _figures(cfg: BenchmarkConfig, cells: list[Cell], report: dict[str, Any], out: Path) -> None:
