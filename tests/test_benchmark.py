@@ -66,11 +66,11 @@ def test_selection_best_rule_keeps_the_best_seed():
     assert sel.point == {"w": 10} and sel.seeds == [1] and sel.val_dice == 0.6
 
 
-def test_selection_skips_unfinished_grid_points_and_says_so():
-    cells = [_cell({"p": 0.25}, 0, 0.5), _cell({"p": 0.25}, 1, 0.5), _cell({"p": 0.5}, 0, 0.9),
-             _cell({"p": 0.5}, 1, math.nan, done=False)]
-    sel = select(cells, "mean")
-    assert sel.point == {"p": 0.25} and not sel.complete
+def test_selection_compares_grid_points_on_the_seeds_all_have_finished_and_says_it_is_incomplete():
+    cells = [_cell({"p": 0.25}, 0, 0.5), _cell({"p": 0.25}, 1, 0.95), _cell({"p": 0.5}, 0, 0.9),
+             _cell({"p": 0.5}, 1, math.nan, done=False), _cell({"p": 0.75}, 0, math.nan, done=False)]
+    sel = select(cells, "mean")  # seed 0 only: 0.5 against 0.9 (p = 0.25's seed 1 does not count yet)
+    assert sel.point == {"p": 0.5} and sel.seeds == [0] and not sel.complete
     assert select([_cell({}, 0, math.nan, done=False)], "mean") is None
 
 

@@ -200,7 +200,8 @@ def format_markdown(report: dict[str, Any], arms: list[str]) -> str:
              f"{report['reference']} over the same subjects. Rank by {report['rank_by']}.", ""]
     head = ["method"]
     for ds in datasets:
-        head += [f"{ds} in-domain", f"{ds} out-of-domain", f"{ds} Δ out vs {report['reference']}"]
+        head += [f"{ds} in-domain", f"{ds} out-of-domain", f"{ds} Δ in vs {report['reference']}",
+                 f"{ds} Δ out vs {report['reference']}"]
     head.append("avg rank")
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in arms:
@@ -208,13 +209,12 @@ def format_markdown(report: dict[str, Any], arms: list[str]) -> str:
         for ds in datasets:
             r = report["datasets"][ds]["arms"].get(arm)
             if r is None:
-                cells += ["-", "-", "-"]
+                cells += ["-", "-", "-", "-"]
                 continue
             mark = "" if r["complete"] else " †"
-            p = (r.get("paired_vs_reference") or {}).get(OUT)
-            cells += [format_stat(r["groups"].get(IN, {})) + mark, format_stat(r["groups"].get(OUT, {})) + mark,
-                      f"{p['mean']:+.3f}" + (f" ± {p['se']:.3f}" if p.get("se") is not None else "")
-                      if p and p.get("mean") is not None else "-"]
+            paired = r.get("paired_vs_reference") or {}
+            cells += [format_stat(r["groups"].get(IN, {})) + mark, format_stat(r["groups"].get(OUT, {})) + mark]
+            cells += [_signed(paired.get(g)) for g in (IN, OUT)]
         rank = report["average_rank"].get(arm)
         cells.append(f"{rank['mean']:.2f}" if rank else "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -227,6 +227,12 @@ def format_markdown(report: dict[str, Any], arms: list[str]) -> str:
         lines += ["", "† selected among the cells that had finished: some cells of this method have not."]
     lines += ["", f"Cells finished: {report['cells']['done']} of {report['cells']['total']}."]
     return "\n".join(lines) + "\n"
+
+
+def _signed(stat: dict[str, Any] | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:+.3f}" + (f" ± {stat['se']:.3f}" if stat.get("se") is not None else "")
 
 
 def format_sweep(rows: list[dict[str, Any]]) -> str:

@@ -2,7 +2,8 @@
 
 - A cell's validation score is the best validation Dice of its training (the checkpoint that is tested).
 - ``seed_rule: mean`` selects the grid point with the best validation Dice averaged over its seeds, and
-  the report pools those seeds; ``seed_rule: best`` selects the (grid point, seed) with the best
+  the report pools those seeds (while cells are unfinished: over the seeds every grid point with a finished
+  cell has finished, marked incomplete); ``seed_rule: best`` selects the (grid point, seed) with the best
   validation Dice (the paper's rule for GIN and GIN+IPA). Ties go to the first in config order.
 - Test Dice is averaged over the selected seeds per case, then over each subject's in-domain and
   out-of-domain cases: means and standard errors are over test subjects.
@@ -76,14 +77,18 @@ def select(results: list[CellResult], seed_rule: str) -> Selection | None:
         entry = points.setdefault(key, {"point": r.point, "cells": []})
         entry["cells"].append(r)
     complete = all(r.done for r in results)
+    finished = {k: {c.seed: c for c in e["cells"] if c.done and math.isfinite(c.val_dice)} for k, e in points.items()}
+    # mean rule: grid points are compared on the seeds every started point has finished (all seeds once done)
+    eligible = [k for k, f in finished.items() if f]
+    common = sorted(set.intersection(*(set(finished[k]) for k in eligible))) if eligible else []
     candidates, best = [], None
-    for entry in points.values():
-        cells = [c for c in entry["cells"] if c.done and math.isfinite(c.val_dice)]
+    for key, entry in points.items():
+        cells = list(finished[key].values())
         if seed_rule == "best":
             options = [(c.val_dice, [c.seed]) for c in cells]
         else:
-            all_done = len(cells) == len(entry["cells"])
-            options = [(float(np.mean([c.val_dice for c in cells])), [c.seed for c in cells])] if all_done else []
+            chosen = [finished[key][s] for s in common] if key in eligible else []
+            options = [(float(np.mean([c.val_dice for c in chosen])), [c.seed for c in chosen])] if chosen else []
         for score, seeds in options:
             candidates.append({"point": entry["point"], "seeds": seeds, "val_dice": score})
             if best is None or score > best[0]:
