@@ -253,3 +253,14 @@ def test_a_second_runner_is_locked_out_but_a_report_may_be_taken_meanwhile(finis
             run_benchmark(config, out, progress=False)
         again = run_benchmark(config, out, report_only=True, progress=False)
     assert again["datasets"] == report["datasets"]
+
+
+def test_export_copies_the_report_and_each_cells_small_files_but_no_checkpoints(finished, tmp_path):
+    root, config, _ = finished
+    dest = tmp_path / "docs_copy"
+    run_benchmark(config, root / "one", report_only=True, progress=False, export=dest)
+    assert (dest / "table.md").is_file() and (dest / "sweep.csv").is_file() and (dest / "dice_phantom.png").is_file()
+    cell = dest / "cells" / "phantom" / "erm" / "default" / "seed0"
+    for name in ("config.yaml", "log.csv", "test/metrics_per_case.csv"):
+        assert (cell / name).is_file(), name
+    assert not list(dest.rglob("*.pt")) and not list(dest.rglob("*.nii.gz"))

@@ -129,6 +129,8 @@ def build_report(cfg: BenchmarkConfig, cells: list[Cell], done: dict[str, bool],
         if rs:
             report["average_rank"][arm] = {"mean": float(np.mean(rs)), "n_datasets": len(rs)}
     report["cells"] = {"total": len(cells), "done": sum(bool(v) for v in done.values())}
+    minutes = [train_seconds(c.run_dir / "log.csv") / 60 for c in cells if done.get(c.cell_id)]
+    report["train_hours_of_finished_cells"] = sum(minutes) / 60
     if wall_seconds is not None:
         report["wall_seconds_this_invocation"] = wall_seconds
     _write(cfg, cells, results, report, per_case_lines, out)
@@ -225,7 +227,9 @@ def format_markdown(report: dict[str, Any], arms: list[str]) -> str:
                      f"{_fmt(s['val_dice'])}{'' if s['complete'] else ' †'} |")
     if any(not s["complete"] for s in report["selections"]):
         lines += ["", "† selected among the cells that had finished: some cells of this method have not."]
-    lines += ["", f"Cells finished: {report['cells']['done']} of {report['cells']['total']}."]
+    lines += ["", f"Cells finished: {report['cells']['done']} of {report['cells']['total']}; their training took "
+              f"{report.get('train_hours_of_finished_cells', 0.0):.1f} h in all (wall time of steps and validations, "
+              "summed over cells; cells that ran in parallel overlap)."]
     return "\n".join(lines) + "\n"
 
 
@@ -282,3 +286,30 @@ def _figures(cfg: BenchmarkConfig, cells: list[Cell], report: dict[str, Any], ou
         ax.set_xlabel(f"average rank over {len(report['datasets'])} dataset(s) (1 = best)")
         ax.set_xlim(0, len(names) + 0.5)
         save_figure(fig, out / "average_rank.png")
+
+
+#: what ``--export`` copies: the report, and per finished or started cell its settings, log and test scores
+REPORT_FILES = ("table.md", "table.csv", "table.json", "sweep.md", "sweep.csv", "per_case.csv", "average_rank.png",
+                "benchmark.yaml")
+CELL_FILES = ("config.yaml", "log.csv", "training_curves.png", "test/metrics_per_case.csv")
+
+
+def export_results(out: Path, cells: list[Cell], dest: Path) -> list[Path]:
+    """Copy the small outputs (no checkpoints, no predictions) to ``dest``, e.g. to commit them with the docs."""
+    import shutil
+
+    dest = Path(dest)
+    copied = []
+    names = list(REPORT_FILES) + [p.name for p in out.glob("dice_*.png")] + [p.name for p in out.glob("validation_*.png")]
+    for name in names:
+        if (out / name).is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            copied.append(Path(shutil.copy2(out / name, dest / name)))
+    for c in cells:
+        for name in CELL_FILES:
+            src = c.run_dir / name
+            if src.is_file():
+                target = dest / "cells" / c.cell_id / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                copied.append(Path(shutil.copy2(src, target)))
+    return copied

@@ -34,7 +34,7 @@ from maskgen.benchmark.execute import (
     run_local,
     run_submitit,
 )
-from maskgen.benchmark.report import build_report
+from maskgen.benchmark.report import build_report, export_results
 from maskgen.io import atomic_write_text
 from maskgen.training.trainer import is_restartable
 
@@ -55,7 +55,7 @@ def run_order(cells: list[Cell], cfg) -> list[Cell]:
 
 def run_benchmark(config: str | Path, out: str | Path, jobs: int = 1, devices: Sequence[str] = ("cpu",),
                   threads: int | None = None, executor: str = "local", report_only: bool = False,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, export: str | Path | None = None) -> dict[str, Any]:
     """Run (or continue) the benchmark of ``config`` in ``out`` and write its report; returns the report."""
     if executor not in EXECUTORS:
         raise ValueError(f"--executor must be one of {EXECUTORS}, not {executor!r}")
@@ -63,17 +63,17 @@ def run_benchmark(config: str | Path, out: str | Path, jobs: int = 1, devices: S
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if report_only:  # trains nothing, so it may report while a runner is still training in the folder
-        return _run(cfg, out, jobs, devices, threads, executor, report_only, progress)
+        return _run(cfg, out, jobs, devices, threads, executor, report_only, progress, export)
     with open(out / ".benchmark.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise BenchmarkLockedError(f"{out}: another maskgen benchmark is running in this folder") from None
-        return _run(cfg, out, jobs, devices, threads, executor, report_only, progress)
+        return _run(cfg, out, jobs, devices, threads, executor, report_only, progress, export)
 
 
 def _run(cfg, out: Path, jobs: int, devices: Sequence[str], threads: int | None, executor: str,
-                report_only: bool, progress: bool) -> dict[str, Any]:
+         report_only: bool, progress: bool, export: str | Path | None = None) -> dict[str, Any]:
     t0 = time.time()
     prepare_datasets(cfg, out, progress=progress)
     cells = expand_cells(cfg, out)
@@ -121,6 +121,8 @@ def _run(cfg, out: Path, jobs: int, devices: Sequence[str], threads: int | None,
     report = build_report(cfg, cells, {k: v == DONE for k, v in status.items()}, out,
                           wall_seconds=time.time() - t0)
     report["failures"] = failures
+    if export is not None:
+        export_results(out, cells, Path(export))
     if failures:
         lines = "\n".join(f"  {k}: {v} (log: {cell_log_path(out, k)})" for k, v in failures.items())
         raise RuntimeError(f"{len(failures)} cell(s) failed; the report covers the others:\n{lines}")

@@ -24,6 +24,9 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
                    help="local processes (default), slurm through submitit (the config's 'cluster' section gives "
                         "its parameters), or submitit-local (submitit's local executor, for testing)")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the cells that have finished")
+    p.add_argument("--export", default=None, metavar="DEST",
+                   help="also copy the report and each cell's config.yaml, log.csv, curves and test scores (no "
+                        "checkpoints, no predictions) to DEST, e.g. to commit them with your docs")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_benchmark)
     return p
@@ -33,7 +36,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     try:
         report = runner.run_benchmark(args.config, args.out, jobs=args.jobs, devices=devices, threads=args.threads,
-                                      executor=args.executor, report_only=args.report_only, progress=args.progress)
+                                      executor=args.executor, report_only=args.report_only, progress=args.progress,
+                                      export=args.export)
     except RuntimeError as e:
         print(f"maskgen benchmark: {e}")
         return 1
