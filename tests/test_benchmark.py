@@ -264,3 +264,16 @@ def test_export_copies_the_report_and_each_cells_small_files_but_no_checkpoints(
     for name in ("config.yaml", "log.csv", "test/metrics_per_case.csv"):
         assert (cell / name).is_file(), name
     assert not list(dest.rglob("*.pt")) and not list(dest.rglob("*.nii.gz"))
+
+
+def test_analyses_take_a_benchmark_folder_for_its_selected_cells(finished, tmp_path):
+    from maskgen.analysis.runs import resolve_runs
+    from maskgen.cli import main
+
+    root, _, _ = finished
+    runs = resolve_runs([root / "one"])
+    assert [label for label, _ in runs] == ["erm_seed0", "erm_seed1", "maskgen"]
+    assert all((run / "checkpoint_best.pt").is_file() for _, run in runs)
+    assert main(["analyze", "views", str(root / "one"), "--out", str(tmp_path / "views")]) == 0
+    summary = json.loads((tmp_path / "views" / "summary.json").read_text())
+    assert set(summary) == {"erm_seed0", "erm_seed1", "maskgen"} and summary["maskgen"]["method"] == "maskgen"

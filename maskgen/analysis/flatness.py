@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskgen.analysis.runs import resolve_runs
 from maskgen.evaluation.evaluate import mean_se
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.figures import new_figure, save_figure
@@ -47,8 +48,7 @@ def flatness(runs: Sequence[str | Path], out: str | Path, scales: Sequence[float
     out = ensure_fresh_dir(out, overwrite, what="analysis folder")
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    for run in runs:
-        name = Path(run).name
+    for name, run in resolve_runs(runs):
         pred = Predictor(run, checkpoint=checkpoint, device=device)
         cfg = pred.cfg
         cases = labelled_test_cases(cfg, run)

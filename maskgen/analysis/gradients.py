@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from maskgen.analysis.runs import resolve_runs
 from maskgen.figures import new_figure, save_figure
 from maskgen.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_fresh_dir
 from maskgen.runtime.config import TrainConfig
@@ -44,14 +45,14 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 def gradients(runs: Sequence[str | Path], out: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Summary per run (``all``: whole feature slice; ``per_channel``: every feature channel's slice, pooled)."""
-    runs = [Path(r) for r in runs]
-    data = {r.name: read_grad_check(r) for r in runs}  # every run is checked before anything is written
+    resolved = resolve_runs(runs)
+    data = {name: read_grad_check(run) for name, run in resolved}  # every run is checked before anything is written
     out = ensure_fresh_dir(out, overwrite, what="analysis folder")
     summary: dict[str, Any] = {}
-    for run in runs:
-        rows = data[run.name]
+    for name, run in resolved:
+        rows = data[name]
         method = TrainConfig.load(run / "config.yaml").method if (run / "config.yaml").is_file() else "?"
-        summary[run.name] = {
+        summary[name] = {
             "run": str(run), "method": method, "checks": len({r["step"] for r in rows}),
             "all": _stats([r["cosine"] for r in rows if r["channel"] == "all"]),
             "per_channel": _stats([r["cosine"] for r in rows if r["channel"] != "all"]),

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from maskgen.analysis.runs import resolve_runs
 from maskgen.data.volumes import load_volume
 from maskgen.evaluation.evaluate import case_row
 from maskgen.evaluation.testing import labelled_test_cases
@@ -44,8 +45,7 @@ def qc_validation(runs: Sequence[str | Path], out: str | Path, n_random: int = D
     out = ensure_fresh_dir(out, overwrite, what="analysis folder")
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    for run in runs:
-        name = Path(run).name
+    for name, run in resolve_runs(runs):
         pred = Predictor(run, checkpoint=checkpoint, device=device)
         qc = QualityCheck(pred, n_random=n_random)
         cfg = pred.cfg

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from monai.transforms import RandBiasField
 
+from maskgen.analysis.runs import resolve_runs
 from maskgen.evaluation.evaluate import mean_se
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.figures import new_figure, save_figure
@@ -53,8 +54,7 @@ def robustness(runs: Sequence[str | Path], out: str | Path, gammas: Sequence[flo
     out = ensure_fresh_dir(out, overwrite, what="analysis folder")
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    for run in runs:
-        name = Path(run).name
+    for name, run in resolve_runs(runs):
         pred = Predictor(run, checkpoint=checkpoint, device=device)
         cfg = pred.cfg
         cases = labelled_test_cases(cfg, run)

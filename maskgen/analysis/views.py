@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from maskgen.analysis.runs import resolve_runs
 from maskgen.evaluation.evaluate import format_stat
 from maskgen.evaluation.plots import plot_domain_bars
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
@@ -27,10 +28,9 @@ def view_dependence(runs: Sequence[str | Path], out: str | Path, checkpoint: str
     """Score every run's labelled test cases under each view; writes views.csv, summary.json, views.txt and
     views.png into ``out`` and returns the summary (run -> view -> domain -> mean Dice, SE, n)."""
     out = ensure_fresh_dir(out, overwrite, what="analysis folder")
-    names = _run_names(runs)
     rows: list[dict[str, Any]] = []
     summary: dict[str, dict[str, Any]] = {}
-    for name, run in zip(names, runs):
+    for name, run in resolve_runs(runs):
         base = Predictor(run, checkpoint=checkpoint, device=device)
         cfg = base.cfg
         cases = labelled_test_cases(cfg, run)
@@ -47,13 +47,6 @@ def view_dependence(runs: Sequence[str | Path], out: str | Path, checkpoint: str
                       "mean_dice": r["mean_dice"]} for r in res["rows"]]
     _write(out, rows, summary)
     return summary
-
-
-def _run_names(runs: Sequence[str | Path]) -> list[str]:
-    names = [Path(r).name for r in runs]
-    if len(set(names)) != len(names):
-        names = [f"{i}_{n}" for i, n in enumerate(names)]
-    return names
 
 
 def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:

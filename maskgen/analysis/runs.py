@@ -1,0 +1,36 @@
+"""Which runs an analysis reads: run folders, or a benchmark folder standing for its validation-selected cells."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _point_tag(point: dict) -> str:
+    return "+".join(f"{k}={point[k]}" for k in sorted(point)) or "default"
+
+
+def resolve_runs(paths: Sequence[str | Path]) -> list[tuple[str, Path]]:
+    """(label, run folder) for each path. A ``maskgen benchmark`` folder (its ``table.json``) gives every seed of
+    each method's selected grid point, labelled ``method`` (``_seedK`` with several seeds, ``dataset/`` first with
+    several datasets). Labels are unique: repeated folder names get their position as a prefix."""
+    found: list[tuple[str, Path]] = []
+    for p in map(Path, paths):
+        table = p / "table.json"
+        if table.is_file() and (p / "cells").is_dir():
+            selections = json.loads(table.read_text()).get("selections", [])
+            if not selections:
+                raise ValueError(f"{table}: no finished, selected cells to analyse yet")
+            several = len({s["dataset"] for s in selections}) > 1
+            for s in selections:
+                for seed in s["seeds"]:
+                    run = p / "cells" / s["dataset"] / s["arm"] / _point_tag(s["point"]) / f"seed{seed}"
+                    label = (f"{s['dataset']}_" if several else "") + s["arm"]
+                    found.append((label + (f"_seed{seed}" if len(s["seeds"]) > 1 else ""), run))
+        else:
+            found.append((p.name, p))
+    labels = [label for label, _ in found]
+    if len(set(labels)) != len(labels):
+        found = [(f"{i}_{label}", run) for i, (label, run) in enumerate(found)]
+    return found
