@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskgen.analysis.runs import resolve_runs
-from maskgen.evaluation.evaluate import mean_se
+from maskgen.analysis.runs import resolve_runs, write_rows_and_summary
+from maskgen.evaluation.evaluate import case_mean_se
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.figures import new_figure, save_figure
 from maskgen.inference.predict import Predictor
-from maskgen.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_fresh_dir
+from maskgen.io import atomic_write_text, ensure_fresh_dir
 
 DEFAULT_SCALES = (0.0, 0.05, 0.1, 0.2, 0.3)
 
@@ -66,18 +66,13 @@ def flatness(runs: Sequence[str | Path], out: str | Path, scales: Sequence[float
                     rows.append({"run": name, "method": cfg.method, "scale": scale, "draw": draw, "case": r["case"],
                                  "domain": r["domain"], "mean_dice": r["mean_dice"]})
                     by_case.setdefault(r["case"], []).append(r["mean_dice"])
-            per_case = [float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan") for v in by_case.values()]
-            summary[name]["scales"][str(scale)] = mean_se(per_case)
+            summary[name]["scales"][str(scale)] = case_mean_se(by_case)
     _write(out, rows, summary)
     return summary
 
 
 def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    import shutil
-
-    shutil.rmtree(out / "scratch", ignore_errors=True)
-    atomic_write_csv(out / "flatness.csv", rows)
-    atomic_write_json(out / "summary.json", summary)
+    write_rows_and_summary(out, "flatness.csv", rows, summary)
     lines = ["Mean test Dice after weight noise of relative scale s (± SE over cases; draws averaged per case)", ""]
     fig = new_figure((5.5, 3.8))
     ax = fig.add_subplot()

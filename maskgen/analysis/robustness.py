@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from monai.transforms import RandBiasField
 
-from maskgen.analysis.runs import resolve_runs
-from maskgen.evaluation.evaluate import mean_se
+from maskgen.analysis.runs import resolve_runs, write_rows_and_summary
+from maskgen.evaluation.evaluate import case_mean_se
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.figures import new_figure, save_figure
 from maskgen.inference.predict import Predictor
-from maskgen.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_fresh_dir
+from maskgen.io import atomic_write_text, ensure_fresh_dir
 
 DEFAULT_GAMMAS = (0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_BIAS = (0.0, 0.2, 0.4, 0.6)
@@ -72,18 +72,13 @@ def robustness(runs: Sequence[str | Path], out: str | Path, gammas: Sequence[flo
                 per_level.setdefault((kind, level), {}).setdefault(r["case"], []).append(r["mean_dice"])
         pred.perturb = None
         for (kind, level), by_case in per_level.items():
-            per_case = [float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan") for v in by_case.values()]
-            summary[name][kind][str(level)] = mean_se(per_case)
+            summary[name][kind][str(level)] = case_mean_se(by_case)
     _write(out, rows, summary)
     return summary
 
 
 def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    import shutil
-
-    shutil.rmtree(out / "scratch", ignore_errors=True)
-    atomic_write_csv(out / "robustness.csv", rows)
-    atomic_write_json(out / "summary.json", summary)
+    write_rows_and_summary(out, "robustness.csv", rows, summary)
     lines = ["Mean test Dice (± SE over cases; bias: mean over fields per case first)", ""]
     fig = new_figure((10, 3.6))
     axes = fig.subplots(1, 2)

@@ -1,4 +1,5 @@
-"""Which runs an analysis reads: run folders, or a benchmark folder standing for its validation-selected cells."""
+"""What the analyses share: which runs they read (run folders, or a benchmark folder standing for its
+validation-selected cells) and how they write their per-case rows and summary."""
 
 from __future__ import annotations
 
@@ -34,3 +35,14 @@ def resolve_runs(paths: Sequence[str | Path]) -> list[tuple[str, Path]]:
     if len(set(labels)) != len(labels):
         found = [(f"{i}_{label}", run) for i, (label, run) in enumerate(found)]
     return found
+
+
+def write_rows_and_summary(out: Path, csv_name: str, rows: list[dict], summary: dict) -> None:
+    """The analysis' per-case CSV and summary.json; the scratch folder of its scoring passes is removed."""
+    import shutil
+
+    from maskgen.io import atomic_write_csv, atomic_write_json
+
+    shutil.rmtree(out / "scratch", ignore_errors=True)
+    atomic_write_csv(out / csv_name, rows)
+    atomic_write_json(out / "summary.json", summary)

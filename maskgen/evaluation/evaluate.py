@@ -118,6 +118,11 @@ def mean_se(values: Iterable[float]) -> dict[str, Any]:
     return {"mean": mean, "se": se, "n": n}
 
 
+def case_mean_se(by_case: dict[str, list[float]]) -> dict[str, Any]:
+    """Mean ± SE over cases of each case's mean over its repeats (NaN where every repeat is NaN)."""
+    return mean_se(float(np.nanmean(v)) if not np.all(np.isnan(v)) else math.nan for v in by_case.values())
+
+
 def _group_summary(rows: list[dict], label_names: dict[str, int], with_hd95: bool) -> dict[str, Any]:
     per_class: dict[str, Any] = {}
     for name in label_names:
