@@ -132,3 +132,22 @@ def atomic_write_csv(path: str | Path, rows: list[dict], columns: list[str] | No
     w.writeheader()
     w.writerows(rows)
     return atomic_write_text(path, buf.getvalue())
+
+
+def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict:
+    """A YAML file holding a mapping; every problem is an error naming the file (``what`` names the file's role,
+    ``expected`` what the mapping should hold). An empty file is an empty mapping."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: unreadable {what} ({' '.join(str(e).split())[:200]})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a {what} is {expected}")
+    return data

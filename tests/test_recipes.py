@@ -159,3 +159,17 @@ def test_wrong_source_and_existing_out_are_refused_then_a_conversion_trains(tmp_
     bad = tmp_path / "bad.yaml"
     bad.write_text("seeds: 3\n")
     assert main(["train", str(out), "--preset", str(bad), "--out", str(tmp_path / "r2")]) == 2
+
+
+def test_a_conversion_that_fails_half_way_can_be_redone_with_overwrite(tmp_path):
+    src = tmp_path / "Task01_BrainTumour"
+    for i in range(1, 5):
+        _vol(src / "imagesTr" / f"BRATS_{i:03d}.nii.gz", channels=4 if i != 3 else None)  # BRATS_003 is 3-D
+        _vol(src / "labelsTr" / f"BRATS_{i:03d}.nii.gz", labels=(0, 1))
+    out = tmp_path / "brats"
+    with pytest.raises(RecipeError, match="BRATS_003.nii.gz: expected a 4-D image"):
+        convert("brats", src, out, progress=False)
+    assert json.loads((out / "recipe.json").read_text())["complete"] is False
+    _vol(src / "imagesTr" / "BRATS_003.nii.gz", channels=4)
+    summary = convert("brats", src, out, overwrite=True, progress=False)
+    assert summary["complete"] and json.loads((out / "recipe.json").read_text())["complete"] is True

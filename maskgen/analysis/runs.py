@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def _point_tag(point: dict) -> str:
+def point_tag(point: dict) -> str:
+    """Folder name of a benchmark grid point, e.g. ``mask_rate=0.25``; ``default`` for a method without a grid
+    (here, below the benchmark, so that both the runner and the analyses find a cell's folder by it)."""
     return "+".join(f"{k}={point[k]}" for k in sorted(point)) or "default"
 
 
@@ -26,7 +28,7 @@ def resolve_runs(paths: Sequence[str | Path]) -> list[tuple[str, Path]]:
             several = len({s["dataset"] for s in selections}) > 1
             for s in selections:
                 for seed in s["seeds"]:
-                    run = p / "cells" / s["dataset"] / s["arm"] / _point_tag(s["point"]) / f"seed{seed}"
+                    run = p / "cells" / s["dataset"] / s["arm"] / point_tag(s["point"]) / f"seed{seed}"
                     label = (f"{s['dataset']}_" if several else "") + s["arm"]
                     found.append((label + (f"_seed{seed}" if len(s["seeds"]) > 1 else ""), run))
         else:

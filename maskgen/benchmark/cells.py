@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from maskgen.analysis.runs import point_tag
 from maskgen.benchmark.config import BenchmarkConfig, DatasetEntry
 from maskgen.methods import method_hparams
 from maskgen.runtime.config import TrainConfig
@@ -38,11 +39,6 @@ class Cell:
     @property
     def run_dir(self) -> Path:
         return Path(self.config.out)
-
-
-def point_tag(point: dict[str, Any]) -> str:
-    """Folder name of a grid point, e.g. ``mask_rate=0.25``; ``default`` for an arm without a grid."""
-    return "+".join(f"{k}={point[k]}" for k in sorted(point)) or "default"
 
 
 class BenchmarkConflictError(ValueError):

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from maskgen.io import read_yaml_mapping
 from maskgen.methods import METHODS, method_hparams
 from maskgen.runtime.config import TrainConfig
 
@@ -73,14 +72,7 @@ class BenchmarkConfig:
 
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
     path = Path(path).resolve()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: benchmark configuration not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: unreadable benchmark configuration ({' '.join(str(e).split())[:200]})") from e
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a benchmark configuration is a mapping with datasets, train and methods")
+    raw = read_yaml_mapping(path, "benchmark configuration", "a mapping with datasets, train and methods")
     return parse_benchmark_config(raw, path)
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from maskgen.benchmark.cells import Cell, point_tag
+from maskgen.analysis.runs import point_tag
+from maskgen.benchmark.cells import Cell
 from maskgen.benchmark.config import BenchmarkConfig
 from maskgen.benchmark.selection import (
     CellResult,

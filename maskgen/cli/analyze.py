@@ -83,6 +83,17 @@ def cmd_analyze_qc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_runs(p: argparse.ArgumentParser, runs_help: str, out_help: str) -> None:
+    p.add_argument("runs", nargs="+", help=runs_help + " (or a maskgen benchmark folder: its selected cells)")
+    p.add_argument("--out", required=True, help=out_help)
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+
+
 def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``maskgen analyze`` (with its ``stability`` subcommand) to the ``maskgen`` subparsers."""
     from maskgen.extractors import extractor_name
@@ -91,35 +102,26 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     asub = an.add_subparsers(dest="analysis", required=True)
     vw = asub.add_parser("views", help="test Dice with all inputs, the image masked, the features masked (Figure 4)",
                          description=(VIEWS_DOC or "").split("\n\n")[0])
-    vw.add_argument("runs", nargs="+", help="run folders written by maskgen train")
-    vw.add_argument("--out", required=True, help="analysis folder (views.csv, summary.json, views.txt, views.png)")
-    vw.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    vw.add_argument("--device", default="auto")
-    vw.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    _add_runs(vw, "run folders written by maskgen train", "analysis folder (views.csv, summary.json, views.txt, views.png)")
+    _add_model_options(vw)
     vw.set_defaults(func=cmd_analyze_views)
     rb = asub.add_parser("robustness", help="test Dice under gamma and bias fields of increasing strength",
                          description=(ROBUSTNESS_DOC or "").split("\n\n")[0])
-    rb.add_argument("runs", nargs="+", help="run folders written by maskgen train")
-    rb.add_argument("--out", required=True, help="analysis folder (robustness.csv, summary.json, .txt, .png)")
+    _add_runs(rb, "run folders written by maskgen train", "analysis folder (robustness.csv, summary.json, .txt, .png)")
     rb.add_argument("--gammas", type=float, nargs="+", default=list(ROBUST_GAMMAS),
                     help=f"gamma levels (default {' '.join(map(str, ROBUST_GAMMAS))})")
     rb.add_argument("--strengths", type=float, nargs="+", default=list(ROBUST_BIAS),
                     help=f"bias field strengths (default {' '.join(map(str, ROBUST_BIAS))})")
     rb.add_argument("--fields", type=int, default=3, help="seeded bias fields per strength (default 3)")
-    rb.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    rb.add_argument("--device", default="auto")
-    rb.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    _add_model_options(rb)
     rb.set_defaults(func=cmd_analyze_robustness)
     fl = asub.add_parser("flatness", help="test Dice after Gaussian noise of increasing scale on all weights (B.7)",
                          description=(FLATNESS_DOC or "").split("\n\n")[0])
-    fl.add_argument("runs", nargs="+", help="run folders written by maskgen train")
-    fl.add_argument("--out", required=True, help="analysis folder (flatness.csv, summary.json, .txt, .png)")
+    _add_runs(fl, "run folders written by maskgen train", "analysis folder (flatness.csv, summary.json, .txt, .png)")
     fl.add_argument("--scales", type=float, nargs="+", default=list(FLAT_SCALES),
                     help=f"noise scales relative to each weight tensor's norm (default {' '.join(map(str, FLAT_SCALES))})")
     fl.add_argument("--draws", type=int, default=5, help="seeded noise draws per scale (default 5, the paper's)")
-    fl.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    fl.add_argument("--device", default="auto")
-    fl.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    _add_model_options(fl)
     fl.set_defaults(func=cmd_analyze_flatness)
     gr = asub.add_parser("gradients", help="the gradient check (B.2) of runs trained with --grad-check-every",
                          description="Histogram and summary of the cosines in each run's grad_check.csv (the "
@@ -131,12 +133,9 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     qc = asub.add_parser("qc", help="does predict --qc rank failing cases? Spearman with the true Dice on the test set",
                          description="The quality-check score and softmax entropy of each labelled test case of the "
                                      "run, and their Spearman correlation with its true Dice.")
-    qc.add_argument("runs", nargs="+", help="run folders of methods that read stable features")
-    qc.add_argument("--out", required=True, help="analysis folder (qc_validation.csv, summary.json, qc.txt, qc.png)")
+    _add_runs(qc, "run folders of methods that read stable features", "analysis folder (qc_validation.csv, summary.json, qc.txt, qc.png)")
     qc.add_argument("--random-views", type=int, default=3, help="random channel masks per case (default 3)")
-    qc.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    qc.add_argument("--device", default="auto")
-    qc.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    _add_model_options(qc)
     qc.set_defaults(func=cmd_analyze_qc)
     st = asub.add_parser(
         "stability", help="linear CKA of extractor features (and of the raw image) between domains and under gamma",

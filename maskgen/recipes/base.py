@@ -95,12 +95,16 @@ def convert(name: str, source: str | Path, out: str | Path, overwrite: bool = Fa
     differences = [f"{s}: {totals.get(s, 0)} cases, the paper's rule gives {n} on the full release"
                    for s, n in recipe.expected.items() if totals.get(s, 0) != n and few_shot is None]
     out.mkdir(parents=True, exist_ok=True)
+    from maskgen.io import atomic_write_json
+
+    # written before the first case: a conversion that fails half-way can be redone with --overwrite
+    atomic_write_json(out / "recipe.json", {"recipe": name, "complete": False})
     for e in tqdm(entries, desc=f"recipe {name}", unit="case", disable=not progress):
         img_dir, lab_dir = SPLIT_FOLDERS[e.split]
         _write_image(e, out / img_dir / f"{e.case}_0000.nii.gz")
         _write_label(e, out / lab_dir / f"{e.case}.nii.gz")
     from maskgen.data.splits import write_split_csv
-    from maskgen.io import atomic_write_json, atomic_write_text
+    from maskgen.io import atomic_write_text
 
     write_split_csv(out / "splits.csv", [(e.case, e.split, e.domain, e.subject) for e in entries])
     preset = {**recipe.preset}
@@ -110,7 +114,7 @@ def convert(name: str, source: str | Path, out: str | Path, overwrite: bool = Fa
                                             "labels": recipe.labels, "numTraining": totals.get("train", 0),
                                             "file_ending": ".nii.gz"})
     summary = {"recipe": name, "source": str(source.resolve()), "counts": counts, "differences": differences,
-               "few_shot": few_shot}
+               "few_shot": few_shot, "complete": True}
     atomic_write_json(out / "recipe.json", summary)
     return summary
 

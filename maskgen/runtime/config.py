@@ -150,15 +150,10 @@ PRESET_KEYS = ("steps", "batch_size", "patch_size", "spacing", "lr", "weight_dec
 
 def load_preset(path: str | Path) -> dict[str, Any]:
     """A preset file's training settings; an unknown key or an unreadable file is an error naming the file."""
+    from maskgen.io import read_yaml_mapping
+
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: preset not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: unreadable preset ({' '.join(str(e).split())[:200]})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a preset is a mapping of training settings")
+    data = read_yaml_mapping(path, "preset", "a mapping of training settings")
     unknown = sorted(set(data) - set(PRESET_KEYS))
     if unknown:
         raise ValueError(f"{path}: preset keys {unknown} are not training settings (known: {', '.join(PRESET_KEYS)})")
