@@ -266,6 +266,42 @@ def test_export_copies_the_report_and_each_cells_small_files_but_no_checkpoints(
     assert not list(dest.rglob("*.pt")) and not list(dest.rglob("*.nii.gz"))
 
 
+def test_a_lost_folder_resumes_from_its_export_and_trains_only_what_did_not_finish(finished, tmp_path, capsys):
+    import shutil
+
+    root, config, report = finished
+    export = tmp_path / "committed"
+    run_benchmark(config, root / "one", report_only=True, progress=False, export=export)
+    unfinished = export / "cells" / "phantom" / "maskgen" / "mask_rate=0.5" / "seed0"
+    (unfinished / "test" / "metrics_per_case.csv").unlink()
+    out = tmp_path / "new_machine"
+    resumed = run_benchmark(config, out, threads=1, progress=True, resume_from=export)
+    printed = capsys.readouterr().out
+    assert "3 finished cell(s)" in printed and "mask_rate=0.5/seed0: unfinished (no test/metrics_per_case.csv)" in printed
+    trained = sorted(str(p.parent.relative_to(out / "cells")) for p in (out / "cells").rglob("checkpoint_latest.pt"))
+    assert trained == ["phantom/maskgen/mask_rate=0.5/seed0"]  # the carried cells were not retrained
+    assert (out / "cells" / "phantom" / "erm" / "default" / "seed1" / "carried_over.json").is_file()
+    assert resumed["cells"] == {"total": 4, "done": 4}
+    assert resumed["datasets"] == report["datasets"]
+    # rerunning keeps what is there; a changed setting is refused for carried cells too
+    again = run_benchmark(config, out, threads=1, progress=False, resume_from=export)
+    assert again["datasets"] == report["datasets"]
+    changed = json.loads(json.dumps(TINY))
+    changed["train"]["lr"] = 0.5
+    with pytest.raises(ValueError, match=r"phantom/erm/default/seed0 .*lr: .* -> 0\.5"):
+        run_benchmark(_write(tmp_path / "changed.yaml", changed), out, progress=False)
+    # an export trained with other settings is not carried: its cells train from scratch
+    longer = json.loads(json.dumps(TINY))
+    longer["train"]["steps"] = 6
+    fresh = tmp_path / "other_settings"
+    shutil.rmtree(fresh, ignore_errors=True)
+    with pytest.raises(FileNotFoundError, match="not a folder written by"):
+        run_benchmark(_write(tmp_path / "longer.yaml", longer), fresh, progress=False, resume_from=tmp_path)
+    run_benchmark(_write(tmp_path / "longer.yaml", longer), fresh, report_only=True, progress=True, resume_from=export)
+    assert "erm/default/seed0: trained 4 of 6 steps" in capsys.readouterr().out
+    assert not list((fresh / "cells").rglob("carried_over.json"))
+
+
 def test_analyses_take_a_benchmark_folder_for_its_selected_cells(finished, tmp_path):
     from maskgen.analysis.runs import resolve_runs
     from maskgen.cli import main

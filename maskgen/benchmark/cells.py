@@ -18,6 +18,8 @@ from maskgen.methods import method_hparams
 from maskgen.runtime.config import TrainConfig
 
 DONE, PARTIAL, NEW = "done", "partial", "new"
+#: marks a cell carried over from an export (carry_over.py): finished, with no checkpoint
+CARRIED_MARKER = "carried_over.json"
 
 
 @dataclass
@@ -101,26 +103,35 @@ def cell_status(cell: Cell) -> str:
     from maskgen.runtime.checkpoint import load_checkpoint
 
     latest = cell.run_dir / "checkpoint_latest.pt"
-    if not latest.is_file():
-        return NEW
+    if not latest.is_file():  # carried over from an export (carry_over.py): finished, without a checkpoint
+        carried = (cell.run_dir / CARRIED_MARKER).is_file()
+        return DONE if carried and (cell.run_dir / "test" / "metrics_per_case.csv").is_file() else NEW
     tested = (cell.run_dir / "test" / "summary.json").is_file()
     if tested and int(load_checkpoint(latest)["step"]) >= cell.config.steps:
         return DONE
     return PARTIAL
 
 
-def cell_conflicts(cell: Cell) -> list[str]:
-    """Settings in which the cell's saved ``config.yaml`` differs from the config's, as ``name: old -> new``."""
-    saved_path = cell.run_dir / "config.yaml"
-    if not (cell.run_dir / "checkpoint_latest.pt").is_file() or not saved_path.is_file():
-        return []
-    saved = TrainConfig.load(saved_path)
-    problems = cell.config.conflicts_with(saved)
+def settings_differences(cell: Cell, saved: TrainConfig, compare_paths: bool = True) -> list[str]:
+    """Settings in which ``saved`` differs from the config's for ``cell``, as ``name: old -> new``."""
+    given = None if compare_paths else {f for f in vars(cell.config) if f not in TrainConfig.PATH_FIELDS}
+    problems = cell.config.conflicts_with(saved, given=given)
     if saved.steps != cell.config.steps:
         problems.append(f"steps: {saved.steps!r} -> {cell.config.steps!r}")
     hp_old = saved.hparams or {}
     problems += [f"{k}: {hp_old.get(k)!r} -> absent" for k in sorted(set(hp_old) - set(cell.config.hparams))]
     return problems
+
+
+def cell_conflicts(cell: Cell) -> list[str]:
+    """Settings in which the cell's saved ``config.yaml`` differs from the config's, as ``name: old -> new``.
+
+    A carried-over cell (no checkpoint) is compared without its data and output paths, as when it was carried."""
+    saved_path = cell.run_dir / "config.yaml"
+    carried = (cell.run_dir / CARRIED_MARKER).is_file()
+    if not ((cell.run_dir / "checkpoint_latest.pt").is_file() or carried) or not saved_path.is_file():
+        return []
+    return settings_differences(cell, TrainConfig.load(saved_path), compare_paths=not carried)
 
 
 def check_conflicts(cells: list[Cell]) -> None:

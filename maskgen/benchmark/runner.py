@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from maskgen.benchmark.carry_over import carry_over
 from maskgen.benchmark.cells import (
     DONE,
     NEW,
@@ -55,28 +56,42 @@ def run_order(cells: list[Cell], cfg) -> list[Cell]:
 
 def run_benchmark(config: str | Path, out: str | Path, jobs: int = 1, devices: Sequence[str] = ("cpu",),
                   threads: int | None = None, executor: str = "local", report_only: bool = False,
-                  progress: bool = True, export: str | Path | None = None) -> dict[str, Any]:
-    """Run (or continue) the benchmark of ``config`` in ``out`` and write its report; returns the report."""
+                  progress: bool = True, export: str | Path | None = None,
+                  resume_from: str | Path | None = None) -> dict[str, Any]:
+    """Run (or continue) the benchmark of ``config`` in ``out`` and write its report; returns the report.
+
+    ``resume_from``: a folder written by ``export``; its finished cells with the config's settings count as
+    done (carry_over.py), for a machine that lost the benchmark folder."""
     if executor not in EXECUTORS:
         raise ValueError(f"--executor must be one of {EXECUTORS}, not {executor!r}")
     cfg = load_benchmark_config(config)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if report_only:  # trains nothing, so it may report while a runner is still training in the folder
-        return _run(cfg, out, jobs, devices, threads, executor, report_only, progress, export)
+    args = (cfg, out, jobs, devices, threads, executor, report_only, progress, export, resume_from)
+    if report_only and resume_from is None:  # trains nothing: it may report while a runner trains in the folder
+        return _run(*args)
     with open(out / ".benchmark.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise BenchmarkLockedError(f"{out}: another maskgen benchmark is running in this folder") from None
-        return _run(cfg, out, jobs, devices, threads, executor, report_only, progress, export)
+        return _run(*args)
 
 
 def _run(cfg, out: Path, jobs: int, devices: Sequence[str], threads: int | None, executor: str,
-         report_only: bool, progress: bool, export: str | Path | None = None) -> dict[str, Any]:
+         report_only: bool, progress: bool, export: str | Path | None = None,
+         resume_from: str | Path | None = None) -> dict[str, Any]:
     t0 = time.time()
     prepare_datasets(cfg, out, progress=progress)
     cells = expand_cells(cfg, out)
+    if resume_from is not None:
+        outcome = carry_over(cells, resume_from)
+        lines = [f"carried over from {resume_from}: {len(outcome['carried'])} finished cell(s); "
+                 f"{len(outcome['kept'])} already here kept"] + [f"  not carried: {s}" for s in outcome["skipped"]]
+        for line in lines:
+            log.info(line)
+            if progress:
+                print(line)
     check_conflicts(cells)
     status = {c.cell_id: cell_status(c) for c in cells}
     todo = run_order([c for c in cells if status[c.cell_id] != DONE], cfg)
