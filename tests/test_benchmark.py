@@ -190,6 +190,39 @@ def test_a_killed_benchmark_resumes_without_retraining_finished_cells(finished, 
     assert resumed["datasets"] == report["datasets"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_stop_when_the_runner_is_killed(finished, tmp_path):
+    _, config, _ = finished
+    cmd = [sys.executable, "-m", "maskgen.cli", "benchmark", str(config), "--out", str(tmp_path / "orphans"),
+           "--jobs", "2", "--threads", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def session_members() -> list[int]:
+        pids = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit() and int(d.name) != proc.pid:
+                try:
+                    if os.getsid(int(d.name)) == proc.pid and " Z " not in (d / "stat").read_text():
+                        pids.append(int(d.name))
+                except (OSError, ProcessLookupError):
+                    pass
+        return pids
+
+    deadline = time.time() + 120
+    while not list((tmp_path / "orphans").glob("cells/*/*/*/*/log.csv")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert session_members(), "no worker started"
+    proc.kill()  # the runner alone: its workers must notice and stop (they would train on, outside the lock)
+    proc.wait()
+    deadline = time.time() + 30
+    while session_members() and time.time() < deadline:
+        time.sleep(0.5)
+    left = session_members()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} worker process(es) went on after the runner was killed"
+
+
 def test_submitit_local_executor_runs_the_same_cells(finished, tmp_path):
     pytest.importorskip("submitit")
     root, _, report = finished

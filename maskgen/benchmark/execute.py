@@ -11,6 +11,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -76,8 +77,20 @@ def device_slots(jobs: int, devices: Sequence[str], threads: int | None) -> list
     return [(devices[i % len(devices)], share) for i in range(jobs)]
 
 
-def _take_slot(queue) -> None:
+def _take_slot(queue, parent_pid: int | None = None) -> None:
     _SLOT["device"], _SLOT["threads"] = queue.get()
+    if parent_pid is not None:
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int, interval: float = 1.0) -> None:
+    """A worker whose runner died (killed, OOM) stops too: else it would go on training a cell outside the
+    runner's lock, and a new runner would train the same cell at once. Checkpoints are written atomically,
+    so exiting mid-step loses at most the steps since the last one."""
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent_pid:
+            os._exit(1)
 
 
 def _run_in_slot(config: dict[str, Any], log_path: str) -> dict[str, Any]:
@@ -103,7 +116,7 @@ def run_local(jobs: list[tuple[str, dict[str, Any], str]], slots: list[tuple[str
     for slot in slots:
         queue.put(slot)
     with ProcessPoolExecutor(max_workers=len(slots), mp_context=ctx, initializer=_take_slot,
-                             initargs=(queue,)) as pool:
+                             initargs=(queue, os.getpid())) as pool:
         futures = {pool.submit(_run_in_slot, config, log_path): cell_id for cell_id, config, log_path in jobs}
         pending = set(futures)
         while pending:
