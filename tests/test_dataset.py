@@ -372,20 +372,25 @@ BAD_CASES = {
         f"case_002_0000{FE}",
         "unreadable",
     ),
-    "second channel file": (
+    "second channel file in a one-channel dataset": (
         lambda d: write_nii(d / "imagesTr" / f"case_000_0001{FE}", make_image(0)),
         f"case_000_0001{FE}",
-        "only single-channel",
+        "channel _0001, but dataset.json declares 1 channel(s)",
     ),
     "wrong ending": (
         lambda d: (d / "imagesTr" / "case_009_0000.nii").write_bytes(b""),
         "case_009_0000.nii",
         "file_ending",
     ),
-    "multi-channel dataset.json": (
+    "second channel declared but its files absent": (
         lambda d: _edit_json(d, channel_names={"0": "T1", "1": "T2"}),
+        f"case_000_0000{FE}",
+        "lacks channel file(s) ",
+    ),
+    "channel_names keyed wrongly": (
+        lambda d: _edit_json(d, channel_names={"0": "T1", "2": "T2"}),
         "dataset.json",
-        "only single-channel datasets are supported",
+        "channel_names must be keyed '0', '1'",
     ),
     "region labels": (
         lambda d: _edit_json(d, labels={"background": 0, "whole": [1, 2], "core": 2}),

@@ -199,3 +199,33 @@ def test_split_counts(tmp_path):
         generate_phantom(tmp_path / "b", n_train=0, n_val=1, n_test=1, **KW)
     with pytest.raises(ValueError, match="domain"):
         generate_phantom(tmp_path / "c", n_train=1, train_domains=("MRI",), **KW)
+
+
+def test_texture_variant_keeps_the_anatomy_but_cuts_the_edges():
+    from maskgen.data import phantom as P
+
+    spacing = np.array([2.0, 2.0, 2.0])
+    edges = P._make_anatomy(np.random.default_rng([7, 0]), (48, 48, 48), spacing, "edges")
+    texture = P._make_anatomy(np.random.default_rng([7, 0]), (48, 48, 48), spacing, "texture")
+    np.testing.assert_array_equal(edges.label, texture.label)  # same subject, other appearance
+    for domain in ("T1w", "T2w", "CT"):
+        contrast = {}
+        for name, anat in (("edges", edges), ("texture", texture)):
+            img = P._render(anat, domain, np.random.default_rng(3), spacing)
+            par = img[anat.tissue == P._PARENCHYMA]
+            contrast[name] = [abs(img[anat.label == k].mean() - par.mean()) / par.std() for k in range(1, 5)]
+        # every visible structure's mean contrast to the parenchyma is smaller, the summed contrast far smaller
+        assert all(t < e for t, e in zip(contrast["texture"], contrast["edges"]) if e > 1), (domain, contrast)
+        assert sum(contrast["texture"]) < 0.5 * sum(contrast["edges"]), (domain, contrast)
+    assert texture.noise_scale == 1.5
+    with pytest.raises(ValueError, match="unknown phantom variant 'stripes'"):
+        render_subject(np.random.default_rng(0), (48, 48, 48), (2.0, 2.0, 2.0), ("T1w",), "stripes")
+
+
+def test_texture_variant_dataset_records_its_variant(tmp_path):
+    out = generate_phantom(tmp_path / "tex", n_train=1, n_val=0, n_test=1, shape=(40, 40, 40),
+                           spacing=(2.5, 2.5, 2.5), test_domains=("T1w",), variant="texture", progress=False)
+    assert json.loads((out / "dataset.json").read_text())["phantom"]["variant"] == "texture"
+    with pytest.raises(ValueError, match="unknown phantom variant"):
+        generate_phantom(tmp_path / "bad", n_train=1, n_val=0, n_test=0, variant="stripes", progress=False)
+    assert not (tmp_path / "bad").exists()

@@ -53,7 +53,7 @@ def qc_validation(runs: Sequence[str | Path], out: str | Path, n_random: int = D
         fg = {k: int(v) for k, v in (cfg.label_names or {}).items() if int(v) != 0 and int(v) != ignore}
         run_rows = []
         for case in tqdm(labelled_test_cases(cfg, run), desc=f"qc {name}", disable=not progress):
-            labels, _, _ = pred.predict_file(case.image)
+            labels, _, _ = pred.predict_file(case.images)
             scores, _ = qc.score(pred)
             ref_img = load_volume(case.label)
             ref = np.asarray(ref_img.dataobj).reshape(labels.shape).astype(np.int64)

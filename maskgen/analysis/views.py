@@ -4,6 +4,8 @@ Each run's labelled test cases are segmented three times: with every input, with
 with the stable features zeroed (what ``predict --mask`` does). A model that ignores the stable features
 (ERM-style shortcut through the image) loses everything without the image and nothing without the
 features; MaskGen should hold up without the image. Runs that read no features get only the first two.
+A run with several input channels is also scored with each channel missing (``predict --missing``: its
+image zeros, no features from it), ``without <channel>``: an ERM run is then given zeros for it.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ def view_dependence(runs: Sequence[str | Path], out: str | Path, checkpoint: str
         cfg = base.cfg
         cases = labelled_test_cases(cfg, run)
         summary[name] = {"run": str(run), "method": cfg.method, "views": {}}
-        for view, mask in VIEWS.items():
-            if mask == "features" and base.extractor is None:
-                continue  # the run reads no features: nothing to mask
-            pred = base if mask is None else Predictor(run, checkpoint=checkpoint, device=device, feature_mask=mask)
+        views = [(view, {"feature_mask": mask}) for view, mask in VIEWS.items()
+                 if not (mask == "features" and base.extractor is None)]  # a run that reads no features: no mask
+        channels = cfg.channel_names()
+        if len(channels) > 1:
+            views += [(f"without {c}", {"missing": [i]}) for i, c in enumerate(channels)]
+        for view, kwargs in views:
+            pred = base if not any(kwargs.values()) else Predictor(run, checkpoint=checkpoint, device=device, **kwargs)
             res = score_cases(pred, cases, out / name / view.replace(" ", "_"), cfg.label_names or {},
                               compute_hd95=False, save_predictions=False, overwrite=True, progress=progress)
             summary[name]["views"][view] = {d: g["mean_dice"] for d, g in res["summary"]["domains"].items()}

@@ -21,7 +21,7 @@ PER_CELL = {"dataset", "out", "method", "hparams", "seed", "splits", "train_subj
 #: TrainConfig settings filled in when a run starts
 FILLED_AT_START = {"modality", "n_classes", "label_names", "feature_channels", "class_values", "ignore_value"}
 TRAIN_KEYS = sorted({f.name for f in fields(TrainConfig)} - PER_CELL - FILLED_AT_START)
-PHANTOM_KEYS = ("shape", "spacing", "n_train", "n_val", "n_test", "seed")
+PHANTOM_KEYS = ("shape", "spacing", "n_train", "n_val", "n_test", "seed", "channels", "variant")
 #: how the seeds of one grid point enter the report: ``mean`` pools them; ``best`` keeps the seed with the
 #: best validation Dice (the paper's rule for GIN and GIN+IPA, which diverge on some seeds)
 SEED_RULES = ("mean", "best")

@@ -40,6 +40,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "weights_only=True, but --extractor torchscript runs the file's own code when it loads: "
                         "use trusted files only")
     p.add_argument("--extractor-layer", default=None, help="extractor layer (anatomix: penultimate|final|INDEX)")
+    p.add_argument("--features-from", default="all", metavar="all|CHANNEL",
+                   help="multi-channel datasets: the extractor reads every channel, each giving its own features "
+                        "(default all: a missing channel then takes only its own features away), or one channel "
+                        "named by its channel_names entry or index")
     p.add_argument("--steps", type=int, default=250_000, help="training steps (paper: 250000 all-data, 40000 few-shot)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
@@ -74,7 +78,7 @@ def _config_from_args(args: argparse.Namespace, dataset: str, out: str, method: 
         layer = int(layer)
     return TrainConfig(
         dataset=str(dataset), out=str(out), method=method or args.method, hparams=hparams, extractor=args.extractor,
-        extractor_weights=args.extractor_weights, extractor_layer=layer,
+        extractor_weights=args.extractor_weights, extractor_layer=layer, features_from=args.features_from,
         splits=getattr(args, "splits", None), train_subjects=getattr(args, "train_subjects", None),
         steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size, spacing=args.spacing, lr=args.lr,
         weight_decay=args.weight_decay, val_every=args.val_every, base_width=args.base_width,
@@ -89,7 +93,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
     out = generate_phantom(args.out_dir, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
                            shape=tuple(args.shape), spacing=tuple(args.spacing), seed=args.seed,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, variant=args.variant,
+                           channels=None if args.channels is None else [c.strip() for c in args.channels.split(",")])
     print(f"phantom benchmark written to {out}")
     return 0
 
@@ -164,8 +169,7 @@ def _config_from_file(args: argparse.Namespace):
 
     saved = TrainConfig.load(args.config)
     # what a run fills in when it starts is worked out again from the dataset
-    cfg = replace(saved, modality=None, n_classes=None, label_names=None, feature_channels=None, class_values=None,
-                  ignore_value=None)
+    cfg = replace(saved, **dict.fromkeys(TrainConfig.FILLED_AT_START))
     given = given_settings(build_parser(), args.argv) - {"dataset"}
     from_args = _config_from_args(args, args.dataset or cfg.dataset, args.out or cfg.out)
     names = {f.name for f in fields(TrainConfig)}
@@ -186,7 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from maskgen.runtime.sliding import DEFAULT_FEATURE_PASS
 
     pred = Predictor(args.run, checkpoint=args.checkpoint, device=args.device, feature_mask=args.mask, tta=tta,
-                     mirror=args.mirror, feature_pass=args.feature_pass or DEFAULT_FEATURE_PASS)
+                     mirror=args.mirror, feature_pass=args.feature_pass or DEFAULT_FEATURE_PASS, missing=args.missing)
     qc = None
     if args.qc:
         from maskgen.inference.qc import QualityCheck
@@ -287,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--shape", type=int, nargs=3, default=[96, 96, 96])
     ph.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5])
     ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--channels", default=None, metavar="T1w,CT",
+                    help="the multi-channel variant: each subject in these domains, one channel file each (comma-"
+                         "separated, of T1w, T2w, PDw, FLAIR, CT), for training with several channels and "
+                         "predict --missing")
+    ph.add_argument("--variant", default="edges", choices=["edges", "texture"],
+                    help="edges (default): structures differ from their surroundings in intensity; texture: low "
+                         "contrast, one texture per structure, partial volume and more noise, so local edges "
+                         "(what MIND-SSC captures) no longer suffice")
     ph.add_argument("--overwrite", action="store_true")
     ph.set_defaults(func=cmd_phantom)
 
@@ -330,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--qc-random-views", type=int, default=3, help="random channel masks per case (default 3)")
     pr.add_argument("--qc-maps", action="store_true",
                     help="also write qc/<case>_disagreement.nii.gz: the share of views disagreeing at each voxel")
+    pr.add_argument("--missing", nargs="+", default=[], metavar="CHANNEL",
+                    help="multi-channel runs: predict without these channels (names from channel_names, or indices); "
+                         "their files may be absent, their image is zeros and they give no features, as MaskGen's "
+                         "channel masking trained the network for")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--overwrite", action="store_true")
     _add_tta_args(pr)

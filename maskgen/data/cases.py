@@ -45,14 +45,20 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Case:
-    """One image (single channel) with its optional label and where it belongs."""
+    """One case (its channel files) with its optional label and where it belongs."""
 
     case_id: str
-    image: Path  # path of the single channel file <case>_0000<file_ending>
+    image: Path  # the first channel's file <case>_0000<file_ending>
     label: Path | None  # None only for test cases without labels
     split: str  # "train" | "val" | "test"
     domain: str  # from the split file; else "source" for train/val and "test" for test cases
     subject: str  # from the split file's optional subject column; else == case_id
+    extra_channels: tuple[Path, ...] = ()  # <case>_0001 ... of a multi-channel dataset
+
+    @property
+    def images(self) -> tuple[Path, ...]:
+        """Every channel's file, in channel order."""
+        return (self.image, *self.extra_channels)
 
 
 @dataclass
@@ -91,13 +97,28 @@ class DatasetSpec:
 
     @property
     def modality(self) -> str:
-        """CT (fixed Hounsfield intensity range) or MR (anything else: needs per-image normalisation)."""
-        return "CT" if str(self.channel_names.get("0", "")).strip().lower() == "ct" else "MR"
+        """The first channel's modality (see ``modalities``)."""
+        return self.modalities[0]
+
+    @property
+    def modalities(self) -> list[str]:
+        """Per channel: CT (fixed Hounsfield intensity range) or MR (anything else: per-image normalisation)."""
+        return [channel_modality(self.channel_names.get(str(i), "")) for i in range(len(self.channel_names))]
+
+    @property
+    def channels(self) -> list[str]:
+        """The channels' names, in channel order."""
+        return [str(self.channel_names[str(i)]) for i in range(len(self.channel_names))]
 
     @property
     def domains(self) -> dict[str, list[str]]:
         """Split -> sorted unique domains; every split is present (possibly empty) so lookups never fail."""
         return {s: sorted({c.domain for c in self.cases if c.split == s}) for s in SPLITS}
+
+
+def channel_modality(name: str) -> str:
+    """nnU-Net's rule: a channel named CT is normalised as CT; every other name as MR (per image)."""
+    return "CT" if str(name).strip().lower() == "ct" else "MR"
 
 
 def default_domain(split: str) -> str:

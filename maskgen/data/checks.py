@@ -45,6 +45,16 @@ def _check_case(case: Case, declared: set[int], declared_text: str, seen: set[in
     elif image.size and image.min() == image.max():
         warnings.warn(f"{case.image}: {case.split} image is constant (every voxel {image.flat[0]!r}); "
                       "it carries no signal", stacklevel=4)
+    for extra in case.extra_channels:
+        channel, channel_affine, problem = load_image_checked(extra)
+        if problem:
+            problems.append(f"{extra}: {problem}")
+        elif image is not None and channel.shape != image.shape:
+            problems.append(f"{extra}: shape {channel.shape} != first channel's {image.shape} ({case.image.name}); "
+                            "every channel of a case must share one voxel grid")
+        elif image_affine is not None and not np.allclose(channel_affine, image_affine, atol=1e-3):
+            problems.append(f"{extra}: affine != first channel's ({case.image.name}): "
+                            f"{_affine_diff(channel_affine, image_affine)}")
     if case.label is None:
         return problems
 

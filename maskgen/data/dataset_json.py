@@ -15,9 +15,9 @@ _REQUIRED_KEYS = ("channel_names", "labels", "file_ending")
 def read_dataset_json(root: str | Path) -> dict:
     """Read and check ``root/dataset.json``; raise :class:`DatasetError` listing all its problems.
 
-    Label values are returned as plain ints. Region-based labels (nnU-Net region mode) and
-    multi-channel datasets are rejected because the rest of maskgen assumes one channel and
-    mutually exclusive integer classes.
+    Label values are returned as plain ints. Region-based labels (nnU-Net region mode) are rejected
+    because maskgen assumes mutually exclusive integer classes. ``channel_names`` keyed "0".."N-1" gives
+    N input channels, one file each (``<case>_0000`` to ``<case>_{N-1:04d}``).
     """
     root = Path(root)
     meta, problems = _read_dataset_json(root)
@@ -71,13 +71,10 @@ def _read_dataset_json(root: Path) -> tuple[dict, list[str]]:
 def _check_channel_names(path: Path, channels: Any) -> list[str]:
     if not isinstance(channels, dict) or not channels:
         return [f'{path}: channel_names must be a non-empty object like {{"0": "CT"}}, got {channels!r}']
-    if len(channels) > 1:
-        return [
-            f"{path}: {len(channels)} channels in channel_names ({', '.join(f'{k}={v}' for k, v in channels.items())}); "
-            "only single-channel datasets are supported for now"
-        ]
-    if "0" not in channels:
-        return [f'{path}: the single channel must be keyed "0" in channel_names, got {list(channels)}']
+    expected = [str(i) for i in range(len(channels))]
+    if sorted(channels, key=lambda k: (len(str(k)), str(k))) != expected:
+        return [f"{path}: channel_names must be keyed {', '.join(map(repr, expected))} (one per file _0000.."
+                f"_{len(channels) - 1:04d}), got {list(channels)}"]
     return []
 
 

@@ -41,18 +41,20 @@ class _Found:
     label: Path | None
     expected_label: Path  # where the label would be, for "no label" messages
     folder_split: str
+    extra_channels: tuple[Path, ...] = ()
 
 
-def _scan_folders(root: Path, fe: str) -> tuple[dict[str, _Found], list[str]]:
-    """Pair images and labels in all images*/labels* folders; report badly named and orphan files."""
+def _scan_folders(root: Path, fe: str, n_channels: int = 1) -> tuple[dict[str, _Found], list[str]]:
+    """Pair images (all ``n_channels`` files of a case) and labels in all images*/labels* folders; report
+    badly named, orphan and incomplete files."""
     found: dict[str, _Found] = {}
     problems: list[str] = []
     for img_name, lab_name, split in _FOLDERS:
         img_dir, lab_dir = root / img_name, root / lab_name
-        images: dict[str, Path] = {}
+        channel_files: dict[str, dict[int, Path]] = {}
         labels: dict[str, Path] = {}
         for folder, out, parse in (
-            (img_dir, images, _parse_image_name),
+            (img_dir, channel_files, _parse_image_name),
             (lab_dir, labels, _parse_label_name),
         ):
             if not folder.exists():
@@ -71,10 +73,27 @@ def _scan_folders(root: Path, fe: str) -> tuple[dict[str, _Found], list[str]]:
                 case, problem = parse(p.name, fe)
                 if problem:
                     problems.append(f"{p}: {problem}")
-                else:
+                elif out is labels:
                     out[case] = p
+                else:
+                    channel = int(p.name[: -len(fe)][-4:])
+                    if channel >= n_channels:
+                        problems.append(f"{p}: channel _{channel:04d}, but dataset.json declares {n_channels} "
+                                        f"channel(s) (_0000 to _{n_channels - 1:04d})")
+                    else:
+                        out.setdefault(case, {})[channel] = p
+        images: dict[str, Path] = {}
+        extra: dict[str, tuple[Path, ...]] = {}
+        for case, files in channel_files.items():
+            absent = [i for i in range(n_channels) if i not in files]
+            if absent:
+                shown = next(iter(files.values()))
+                problems.append(f"{shown}: case {case!r} lacks channel file(s) "
+                                + ", ".join(str(img_dir / f"{case}_{i:04d}{fe}") for i in absent))
+                continue
+            images[case], extra[case] = files[0], tuple(files[i] for i in range(1, n_channels))
         for case, p in labels.items():
-            if case not in images:
+            if case not in channel_files:
                 problems.append(f"{p}: label without image (expected {img_dir / f'{case}_0000{fe}'})")
         for case, p in images.items():
             if case in found:
@@ -82,7 +101,7 @@ def _scan_folders(root: Path, fe: str) -> tuple[dict[str, _Found], list[str]]:
                     f"{p}: duplicate case id {case!r} (also {found[case].image}); case ids must be unique"
                 )
                 continue
-            found[case] = _Found(p, labels.get(case), lab_dir / f"{case}{fe}", split)
+            found[case] = _Found(p, labels.get(case), lab_dir / f"{case}{fe}", split, extra[case])
     return found, problems
 
 
@@ -93,10 +112,6 @@ def _parse_image_name(name: str, fe: str) -> tuple[str, str | None]:
     m = _CHANNEL_RE.fullmatch(name[: -len(fe)])
     if m is None:
         return "", f"file name does not match {expected}"
-    if m.group(2) != "0000":
-        return "", (
-            f"channel file _{m.group(2)}: only single-channel datasets are supported (expected only {expected})"
-        )
     return m.group(1), None
 
 
@@ -124,9 +139,8 @@ def _cases_from_split_file(
                 f"{f.image}: no label (expected {f.expected_label}); {split_file} puts case {e.case!r} in split {e.split}"
             )
             continue
-        cases.append(
-            Case(e.case, f.image, f.label, e.split, e.domain or default_domain(e.split), e.subject or e.case)
-        )
+        cases.append(Case(e.case, f.image, f.label, e.split, e.domain or default_domain(e.split), e.subject or e.case,
+                          f.extra_channels))
     unlisted = sorted(set(found) - {e.case for e in entries})
     if unlisted and warn_unlisted:
         shown = ", ".join(unlisted[:10]) + (", ..." if len(unlisted) > 10 else "")
@@ -137,15 +151,31 @@ def _cases_from_split_file(
     return cases, problems
 
 
-def _cases_from_reference(entries: list[SplitEntry], split_file: Path) -> tuple[list[Case], list[str]]:
+def _cases_from_reference(entries: list[SplitEntry], split_file: Path, fe: str = ".nii.gz",
+                          n_channels: int = 1) -> tuple[list[Case], list[str]]:
+    """Cases whose image paths the split file gives; the other channels of a multi-channel dataset lie
+    beside the first (``_0000`` replaced by ``_0001`` ...)."""
     cases: list[Case] = []
     problems: list[str] = []
     for e in entries:
         assert e.image is not None
         ok = True
+        extra: tuple[Path, ...] = ()
         if not e.image.is_file():
             problems.append(f"{split_file}: {e.where}: image {e.image} (case {e.case!r}) does not exist")
             ok = False
+        elif n_channels > 1:
+            stem = e.image.name[: -len(fe)] if e.image.name.endswith(fe) else ""
+            if not stem.endswith("_0000"):
+                problems.append(f"{split_file}: {e.where}: image {e.image} must be named <case>_0000{fe} in a "
+                                f"{n_channels}-channel dataset (its other channels are found beside it)")
+                ok = False
+            else:
+                extra = tuple(e.image.with_name(f"{stem[:-4]}{i:04d}{fe}") for i in range(1, n_channels))
+                for q in extra:
+                    if not q.is_file():
+                        problems.append(f"{split_file}: {e.where}: channel file {q} (case {e.case!r}) does not exist")
+                        ok = False
         if e.label is None and e.split != "test":
             problems.append(f"{split_file}: {e.where}: case {e.case!r} in split {e.split} has no label path")
             ok = False
@@ -161,6 +191,7 @@ def _cases_from_reference(entries: list[SplitEntry], split_file: Path) -> tuple[
                     e.split,
                     e.domain or default_domain(e.split),
                     e.subject or e.case,
+                    extra,
                 )
             )
     return cases, problems
@@ -198,8 +229,9 @@ def load_dataset(
     fe: str = meta["file_ending"]
     problems: list[str] = []
 
+    n_channels = len(meta["channel_names"])
     if splits_file is None:
-        found, problems = _scan_folders(root, fe)
+        found, problems = _scan_folders(root, fe, n_channels)
         if not (root / "imagesTr").is_dir():
             problems.append(f"{root / 'imagesTr'}: missing folder (training images <case>_0000{fe})")
         cases = []
@@ -208,14 +240,14 @@ def load_dataset(
                 problems.append(f"{f.image}: image without label (expected {f.expected_label})")
                 continue
             split = f.folder_split
-            cases.append(Case(case_id, f.image, f.label, split, default_domain(split), case_id))
+            cases.append(Case(case_id, f.image, f.label, split, default_domain(split), case_id, f.extra_channels))
     else:
         splits_file = Path(splits_file)
         entries, reference, problems = parse_split_file(splits_file, fe)
         if reference:
-            cases, more = _cases_from_reference(entries, splits_file)
+            cases, more = _cases_from_reference(entries, splits_file, fe, n_channels)
         else:
-            found, scan_problems = _scan_folders(root, fe)
+            found, scan_problems = _scan_folders(root, fe, n_channels)
             problems += scan_problems
             # A split file that failed to parse would make every case look "unlisted": don't warn then.
             cases, more = _cases_from_split_file(entries, found, splits_file, fe, warn_unlisted=not problems)

@@ -306,9 +306,21 @@ class _Anatomy:
     t2: np.ndarray
     pd: np.ndarray
     hu: np.ndarray
+    noise_scale: float = 1.0  # image noise relative to DEGRADATIONS (the texture variant's is higher)
 
 
-def _make_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray) -> _Anatomy:
+#: ``edges``: structures differ from the parenchyma by their intensity in every domain, so a local edge
+#: pattern (which MIND-SSC captures exactly) tells them apart. ``texture``: their mean contrast is cut to
+#: TEXTURE_CONTRAST of that and each carries its own texture (fine grain, coarse mottling, stripes; the
+#: vessel none: its tubular shape and place are the cue), with partial-volume blur and 1.5x the noise,
+#: so telling them apart takes texture and context (issue 17's harder test).
+VARIANTS = ("edges", "texture")
+TEXTURE_CONTRAST = 0.25
+TEXTURE_AMPLITUDE = 0.3
+
+
+def _make_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray,
+                  variant: str = "edges") -> _Anatomy:
     """Random anatomy; redraws (deterministically, from ``rng``) until every label is well represented."""
     half = (np.asarray(shape) - 1) / 2 * spacing
     vox = float(spacing.min())
@@ -347,7 +359,8 @@ def _make_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacing
         counts = np.bincount(label.ravel(), minlength=5)[1:]
         expected = np.array([_expected_voxels(s, float(np.prod(spacing))) for s in structures])
         if np.all(counts >= np.maximum(4, 0.3 * expected)):
-            return _tissue_maps(rng, tissue, label, tex)
+            anat = _tissue_maps(rng, tissue, label, tex)
+            return anat if variant == "edges" else _texture_variant(rng, anat)
     raise RuntimeError(
         f"could not generate a phantom anatomy for shape {shape} and spacing {spacing.tolist()}"
     )
@@ -428,6 +441,41 @@ def _tissue_maps(
     return _Anatomy(tissue, label, *(np.ascontiguousarray(m, np.float32) for m in (t1, t2, pd, hu)))
 
 
+def _unit(field: np.ndarray) -> np.ndarray:
+    field = field - field.mean()
+    return (field / (field.std() + 1e-8)).astype(np.float32)
+
+
+def _texture_variant(rng: np.random.Generator, anat: _Anatomy) -> _Anatomy:
+    """The ``texture`` variant of a subject: low mean contrast, one texture per structure, partial volume."""
+    shape = anat.tissue.shape
+    fine = _unit(gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.6))
+    coarse = _unit(gaussian_filter(rng.standard_normal(shape).astype(np.float32), 2.5))
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    grid = np.indices(shape, dtype=np.float32)
+    stripes = _unit(np.sin(2 * np.pi / 3.5 * np.tensordot(direction.astype(np.float32), grid, axes=1)
+                           + 0.5 * coarse))
+    textures = {"organ": fine, "ellipsoid": coarse, "nodule": stripes}
+    par = anat.tissue == _PARENCHYMA
+    maps = {}
+    for name in ("t1", "t2", "pd", "hu"):
+        m = getattr(anat, name).copy()
+        ref = float(np.median(m[par]))
+        for structure in STRUCTURES:
+            inside = anat.tissue == _T[structure]
+            m[inside] = ref + TEXTURE_CONTRAST * (m[inside] - ref)
+            if structure in textures:
+                t = textures[structure][inside]
+                m[inside] = m[inside] + TEXTURE_AMPLITUDE * t * (40.0 if name == "hu" else abs(ref))
+        if name != "hu":
+            m = np.maximum(m, 1e-3 if name == "pd" else 1.0)
+        maps[name] = gaussian_filter(m, 0.8, mode="nearest").astype(np.float32)  # partial volume
+    air = anat.tissue == _T["air"]
+    maps["pd"][air] = 0.0
+    return _Anatomy(anat.tissue, anat.label, maps["t1"], maps["t2"], maps["pd"], maps["hu"], noise_scale=1.5)
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -467,13 +515,13 @@ def _render(anat: _Anatomy, domain: str, rng: np.random.Generator, spacing: np.n
     img = _thick_slices(img, deg.axis, deg.thick)
     shape = img.shape
     if domain == "CT":
-        img = img + rng.standard_normal(shape, np.float32) * np.float32(deg.noise)
+        img = img + rng.standard_normal(shape, np.float32) * np.float32(deg.noise * anat.noise_scale)
         return img.astype(np.float32)
     if deg.bias > 0:
         extent = float(np.min(np.asarray(shape) * spacing))
         img = img * np.exp(np.float32(deg.bias) * _smooth_noise(rng, shape, spacing, 0.7 * extent))
     img = img * np.float32(rng.uniform(300.0, 3000.0))  # arbitrary scanner units
-    sigma = np.float32(img[anat.tissue != _T["air"]].mean() / deg.noise)
+    sigma = np.float32(img[anat.tissue != _T["air"]].mean() / deg.noise * anat.noise_scale)
     re = img + sigma * rng.standard_normal(shape, np.float32)
     im = sigma * rng.standard_normal(shape, np.float32)
     return np.sqrt(re * re + im * im).astype(np.float32)  # Rician magnitude
@@ -484,6 +532,7 @@ def render_subject(
     shape: Sequence[int] = (96, 96, 96),
     spacing: Sequence[float] = (1.5, 1.5, 1.5),
     domains: Sequence[str] = DOMAINS,
+    variant: str = "edges",
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One random subject: its label map (uint8, 0..4) and a co-registered float32 image per domain.
 
@@ -493,7 +542,9 @@ def render_subject(
     """
     shape, spacing_arr = _check_geometry(shape, spacing)
     domains = _check_domains(domains, "domains")
-    anat = _make_anatomy(rng, shape, spacing_arr)
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown phantom variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    anat = _make_anatomy(rng, shape, spacing_arr, variant)
     seeds = rng.integers(0, 2**63 - 1, size=len(DOMAINS))
     images = {
         d: _render(anat, d, np.random.default_rng(seeds[DOMAINS.index(d)]), spacing_arr) for d in domains
@@ -561,8 +612,16 @@ def generate_phantom(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    channels: Sequence[str] | None = None,
+    variant: str = "edges",
 ) -> Path:
     """Write the phantom benchmark as an nnU-Net v2 raw dataset in ``out_dir`` and return it.
+
+    ``channels`` (e.g. ``("T1w", "CT")``) writes the multi-channel variant instead: every subject of every
+    split rendered in each listed domain, one file per channel (``_0000``, ``_0001``, ...; a CT channel is
+    named CT in ``channel_names``, so it is windowed as CT), all in one domain named by the channels joined
+    by ``+``. It has no unseen domain: what it tests is prediction with a channel missing.
+    ``variant`` (:data:`VARIANTS`): ``texture`` for the harder test in which local edges do not suffice.
 
     Subjects ``0..n_train-1`` are train, the next ``n_val`` val, the last ``n_test`` test. Train and val
     subjects are rendered in ``train_domains`` (imagesTr / imagesVal), test subjects in every
@@ -577,10 +636,15 @@ def generate_phantom(
     shape, spacing_arr = _check_geometry(shape, spacing)
     train_domains = _check_domains(train_domains, "train_domains")
     test_domains = _check_domains(test_domains, "test_domains")
+    if channels is not None:
+        channels = _check_domains(channels, "channels")
+        train_domains = test_domains = channels
     n_train, n_val, n_test = _split_counts(n_subjects, n_train, n_val, n_test)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown phantom variant {variant!r}; choose from {', '.join(VARIANTS)}")
     out = ensure_fresh_dir(out_dir, overwrite, what="phantom dataset folder")
     affine = phantom_affine(shape, spacing_arr)
     splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
@@ -591,8 +655,17 @@ def generate_phantom(
 
     for k, split in enumerate(tqdm(splits, desc="phantom", unit="subject", disable=not progress)):
         domains = test_domains if split == "test" else train_domains
-        label, images = render_subject(np.random.default_rng([int(seed), k]), shape, spacing_arr, domains)
+        label, images = render_subject(np.random.default_rng([int(seed), k]), shape, spacing_arr, domains, variant)
         img_dir, lab_dir = (out / f for f in _FOLDERS[split])
+        if channels is not None:
+            case = f"phantom_s{k:03d}"
+            for i, domain in enumerate(channels):
+                _save_nifti(img_dir / f"{case}_{i:04d}.nii.gz", images[domain], affine)
+                written.add(img_dir / f"{case}_{i:04d}.nii.gz")
+            _save_nifti(lab_dir / f"{case}.nii.gz", label, affine)
+            written.add(lab_dir / f"{case}.nii.gz")
+            rows.append((case, split, "+".join(channels), f"s{k:03d}"))
+            continue
         for domain in domains:
             case = f"phantom_s{k:03d}_{domain}"
             for path, arr in (
@@ -619,7 +692,8 @@ def generate_phantom(
                 f"{'/'.join(train_domains)}, test on unseen domains. channel_names says MR: CT test images are "
                 "min-max normalised like the training contrast."
             ),
-            "channel_names": {"0": "MR"},
+            "channel_names": ({"0": "MR"} if channels is None else
+                              {str(i): ("CT" if d == "CT" else d) for i, d in enumerate(channels)}),
             "labels": dict(LABELS),
             "numTraining": sum(1 for r in rows if r[1] == "train"),
             "file_ending": ".nii.gz",
@@ -630,6 +704,8 @@ def generate_phantom(
                 "spacing": [float(s) for s in spacing_arr],
                 "train_domains": list(train_domains),
                 "test_domains": list(test_domains),
+                "channels": None if channels is None else list(channels),
+                "variant": variant,
                 "subjects": {
                     s: [f"s{k:03d}" for k, sk in enumerate(splits) if sk == s]
                     for s in ("train", "val", "test")

@@ -49,9 +49,12 @@ def intensity_transform(modality: str, keys=("image",)):
     return ScaleIntensityd(keys, minv=0.0, maxv=1.0)
 
 
-def preprocess_transform(spacing: Sequence[float] | None, modality: str, with_label: bool) -> Compose:
-    keys = ["image", "label"] if with_label else ["image"]
-    modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
+def preprocess_transform(spacing: Sequence[float] | None, modality: str | Sequence[str], with_label: bool,
+                         image_keys: Sequence[str] = ("image",)) -> Compose:
+    """Read, RAS, resample and normalise; each of ``image_keys`` (one per channel) by its own ``modality``."""
+    modalities = [modality] * len(image_keys) if isinstance(modality, str) else list(modality)
+    keys = [*image_keys, "label"] if with_label else list(image_keys)
+    modes = ["bilinear"] * len(image_keys) + (["nearest"] if with_label else [])
     ts = [
         # one reader for every format the dataset check accepts (MONAI picks none for .mgz/.mgh/.mha itself)
         LoadImaged(keys, reader=VolumeReader(), image_only=True),
@@ -60,26 +63,41 @@ def preprocess_transform(spacing: Sequence[float] | None, modality: str, with_la
     ]
     if spacing is not None:
         ts.append(Spacingd(keys, pixdim=tuple(float(s) for s in spacing), mode=modes))
-    ts.append(intensity_transform(modality))
+    ts += [intensity_transform(m, (k,)) for k, m in zip(image_keys, modalities)]
     return Compose(ts)
 
 
 def load_case(
-    image: str | Path, label: str | Path | None, spacing: Sequence[float] | None, modality: str,
-    class_values: Sequence[int] | None = None, ignore_value: int | None = None,
+    image: str | Path | Sequence[str | Path | None], label: str | Path | None, spacing: Sequence[float] | None,
+    modality: str | Sequence[str], class_values: Sequence[int] | None = None, ignore_value: int | None = None,
 ) -> dict[str, MetaTensor]:
-    """Image (1, D, H, W) float32 in [0, 1] and label (1, D, H, W) of class indices, in RAS at ``spacing``.
+    """Image (C, D, H, W) float32 in [0, 1] and label (1, D, H, W) of class indices, in RAS at ``spacing``.
 
+    ``image`` is one file or one file per channel (each normalised by its own entry of ``modality``); a
+    channel given as None is absent (``predict --missing``) and comes back as zeros on the others' grid.
     Label value ``class_values[i]`` becomes class index ``i`` (None: the values are the indices), so
     declared values of any size (FreeSurfer's 2035) stay exact; a value outside ``class_values`` is an
     error naming the file, never a silent wrap-around. ``ignore_value`` (nnU-Net's ignore label) becomes
     index ``len(class_values)``, one past the last class, so losses and scores can leave it out.
     """
-    data = {"image": str(image)}
+    paths = [image] if isinstance(image, (str, Path)) else list(image)
+    modalities = [modality] * len(paths) if isinstance(modality, str) else list(modality)
+    if len(modalities) != len(paths):
+        raise ValueError(f"{len(paths)} channel file(s) but {len(modalities)} modalities")
+    present = [i for i, p in enumerate(paths) if p is not None]
+    if not present:
+        raise ValueError("every channel is missing: at least one image file is needed")
+    keys = [f"image_{i}" for i in present]
+    data = {k: str(paths[i]) for k, i in zip(keys, present)}
     if label is not None:
         data["label"] = str(label)
-    out = preprocess_transform(spacing, modality, label is not None)(data)
-    out["image"] = out["image"].float()
+    out = preprocess_transform(spacing, [modalities[i] for i in present], label is not None, keys)(data)
+    first = out[keys[0]]
+    channels = [None] * len(paths)
+    for k, i in zip(keys, present):
+        channels[i] = out.pop(k).as_tensor().float()
+    channels = [c if c is not None else torch.zeros_like(first.as_tensor(), dtype=torch.float32) for c in channels]
+    out["image"] = MetaTensor(torch.cat(channels, dim=0), meta=first.meta)
     if label is not None:
         lab = out["label"]
         out["label"] = MetaTensor(label_to_classes(lab.as_tensor(), class_values, label, ignore_value), meta=lab.meta)

@@ -73,7 +73,7 @@ def score_cases(
     for case in tqdm(cases, desc="test", disable=not progress):
         if case.label is None:
             continue
-        labels, _, original = predictor.predict_file(case.image)
+        labels, _, original = predictor.predict_file(case.images)
         ref_img = load_volume(case.label)
         ref = np.asarray(ref_img.dataobj).reshape(labels.shape).astype(np.int64)
         labels_scored, ref = drop_ignored(labels, ref, ignore)

@@ -38,14 +38,20 @@ class ExportedSegmenter(nn.Module):
 
 def preprocessing_record(pred: Predictor) -> dict[str, Any]:
     cfg = pred.cfg
-    ct = (cfg.modality or "MR").upper() == "CT"
+    modalities = cfg.image_modalities()
+
+    def intensity(modality: str) -> str:
+        return (f"clip to {list(CT_WINDOW)} HU, then scale to [0, 1]" if modality.upper() == "CT"
+                else "min-max scale the whole volume to [0, 1]")
+
     return {
-        "input": "one channel, (B, 1, D, H, W) float32, a window of the preprocessed volume",
+        "input": (f"{len(modalities)} channel(s) {cfg.channel_names()}, (B, {len(modalities)}, D, H, W) float32, a "
+                  "window of the preprocessed volume"),
         "output": "logits (B, C, D, H, W); softmax over C; channel i is label value class_values[i]",
         "orientation": "RAS (nibabel / MONAI Orientation 'RAS')",
         "spacing_mm": cfg.spacing,
-        "intensity": (f"clip to {list(CT_WINDOW)} HU, then scale to [0, 1]" if ct
-                      else "min-max scale the whole volume to [0, 1]"),
+        "intensity": intensity(modalities[0]) if len(modalities) == 1 else
+                     {name: intensity(m) for name, m in zip(cfg.channel_names(), modalities)},
         "window": cfg.patch_size,
         "sliding_window": {"overlap": pred.overlap, "blend": "gaussian (MONAI sliding_window_inference)"},
         "class_values": cfg.channel_values(),
@@ -70,7 +76,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torchscript", c
     pred = Predictor(run_dir, checkpoint=checkpoint, device="cpu")
     # plain layout: predict's channels-last CPU layout is a speed choice that ONNX cannot express
     module = ExportedSegmenter(pred.method, pred.extractor).to(memory_format=torch.contiguous_format).eval()
-    example = torch.rand(1, 1, *pred.cfg.patch_size, generator=torch.Generator().manual_seed(0))
+    example = torch.rand(1, len(pred.cfg.image_modalities()), *pred.cfg.patch_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = module(example)
         if fmt == "torchscript":

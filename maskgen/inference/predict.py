@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -41,10 +43,64 @@ log = logging.getLogger("maskgen")
 MIRROR_FLIPS = tuple(tuple(a for a in range(3) if mask >> a & 1) for mask in range(8))
 
 
-def case_name(path: Path) -> str:
+@dataclass(frozen=True)
+class CaseFiles:
+    """One case of a multi-channel run: a file per channel (None for a channel given as missing)."""
+
+    name: str
+    files: tuple[Path | None, ...]
+
+    @property
+    def first(self) -> Path:
+        """The first channel file present: the geometry and format the mask is written in."""
+        return next(f for f in self.files if f is not None)
+
+
+def case_name(path: Path | CaseFiles) -> str:
     """``case_0000.nii.gz`` -> ``case`` (nnU-Net channel suffix dropped); other names keep their stem."""
+    if isinstance(path, CaseFiles):
+        return path.name
     name = strip_ending(path)
     return name[:-5] if name.endswith("_0000") else name
+
+
+def group_channels(paths: Sequence[Path], channels: Sequence[str], missing: Iterable[int] = ()) -> list[CaseFiles]:
+    """Files ``<case>_0000`` ... of a multi-channel run, grouped per case; each channel not in ``missing`` must
+    be there. Files of a missing channel are left out. Every problem is reported at once, naming the file."""
+    n, missing = len(channels), set(missing)
+    listed = ", ".join(f"_{i:04d}={c}" for i, c in enumerate(channels))
+    by_case: dict[str, dict[int, Path]] = {}
+    problems = []
+    for p in paths:
+        m = re.fullmatch(r"(.+)_(\d{4})", strip_ending(p))
+        if m is None:
+            problems.append(f"{p}: a {n}-channel run reads files named <case>_0000 ... <case>_{n - 1:04d} ({listed})")
+        elif int(m.group(2)) >= n:
+            problems.append(f"{p}: channel _{m.group(2)}, but the run has {n} channels ({listed})")
+        elif int(m.group(2)) not in missing:
+            by_case.setdefault(m.group(1), {})[int(m.group(2))] = p
+    for case, files in sorted(by_case.items()):
+        for i in range(n):
+            if i not in files and i not in missing:
+                problems.append(f"{next(iter(files.values()))}: case {case!r} has no file for channel _{i:04d} "
+                                f"({channels[i]}); add it, or predict without it with --missing {channels[i]}")
+    if problems:
+        raise ValueError(f"{len(problems)} problem(s) with the inputs; nothing was written:\n" + "\n".join(problems))
+    return [CaseFiles(case, tuple(files.get(i) for i in range(n))) for case, files in sorted(by_case.items())]
+
+
+def resolve_missing(missing: Iterable[str | int], channels: Sequence[str]) -> list[int]:
+    """Channel names or indices (``--missing``) -> indices; at least one channel must stay."""
+    out = []
+    listed = ", ".join(f"{i}={c}" for i, c in enumerate(channels))
+    for m in missing:
+        hits = [i for i, c in enumerate(channels) if str(m) == str(i) or str(m).lower() == str(c).lower()]
+        if not hits:
+            raise ValueError(f"--missing {m!r}: the run has no such channel (its channels: {listed})")
+        out.append(hits[0])
+    if out and len(set(out)) >= len(channels):
+        raise ValueError(f"--missing names every channel of the run ({listed}); at least one must be given")
+    return sorted(set(out))
 
 
 def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -65,16 +121,30 @@ def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def check_input(path: Path) -> str | None:
+def check_input(path: Path | CaseFiles) -> str | None:
     """The problem that would stop ``path`` from being segmented, or None: checked for every input before
     any mask is written, so a bad file in the middle never leaves half a prediction run behind (the same
-    check as the dataset's, ``maskgen.data.checks``)."""
-    return load_image_checked(path)[2]
+    check as the dataset's, ``maskgen.data.checks``). A case's channel files must share one voxel grid."""
+    if not isinstance(path, CaseFiles):
+        return load_image_checked(path)[2]
+    grid = None
+    for f in path.files:
+        if f is None:
+            continue
+        data, affine, problem = load_image_checked(f)
+        if problem:
+            return f"{f.name}: {problem}"
+        if grid is None:
+            grid = (data.shape, affine, f.name)
+        elif data.shape != grid[0] or not np.allclose(affine, grid[1], atol=1e-3):
+            return f"{f.name}: not on the voxel grid of {grid[2]} (every channel of a case must share one grid)"
+    return None
 
 
-def output_paths(paths: Sequence[Path], out_dir: Path, save_probabilities: bool) -> dict[Path, list[Path]]:
+def output_paths(paths: Sequence[Path | CaseFiles], out_dir: Path, save_probabilities: bool) -> dict[Path, list[Path]]:
     """Input -> the files its prediction writes (mask, probabilities); refuses collisions with any input."""
-    targets = {p: [out_dir / f"{case_name(p)}{output_ending(p)}"] for p in paths}
+    targets = {p: [out_dir / f"{case_name(p)}{output_ending(p.first if isinstance(p, CaseFiles) else p)}"]
+               for p in paths}
     if save_probabilities:
         for p in paths:
             targets[p].append(out_dir / "probabilities" / f"{case_name(p)}.nii.gz")
@@ -82,7 +152,7 @@ def output_paths(paths: Sequence[Path], out_dir: Path, save_probabilities: bool)
     dupes = sorted({n for n in masks if masks.count(n) > 1})
     if dupes:
         raise ValueError(f"several inputs would write the same output file: {dupes}")
-    inputs = {os.path.realpath(p) for p in paths}
+    inputs = {os.path.realpath(f) for p in paths for f in (p.files if isinstance(p, CaseFiles) else (p,)) if f}
     onto_input = [t for ts in targets.values() for t in ts if os.path.realpath(t) in inputs]
     if onto_input:
         raise ValueError(
@@ -97,9 +167,11 @@ class Predictor:
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
                  overlap: float | None = None, feature_mask: str | None = None, tta: TTA | None = None,
-                 mirror: bool = False, feature_pass: str = DEFAULT_FEATURE_PASS):
+                 mirror: bool = False, feature_pass: str = DEFAULT_FEATURE_PASS, missing: Sequence[str | int] = ()):
         """``mirror``: average the softmax over the 8 flips of the three axes (nnU-Net's test-time mirroring,
-        8x the compute); a test-time augmentation, unlike ``tta`` (adaptation), which changes nothing."""
+        8x the compute); a test-time augmentation, unlike ``tta`` (adaptation), which changes nothing.
+        ``missing``: channels (names or indices) of a multi-channel run predicted without: their image is
+        zeros and they give no features, as MaskGen's channel masking trained the network for."""
         self.run_dir = Path(run_dir)
         self.checkpoint = checkpoint
         cfg_path = self.run_dir / "config.yaml"
@@ -117,6 +189,11 @@ class Predictor:
         place_model(self.method, self.device).eval()
         if self.extractor is not None:
             self.extractor.to(self.device)
+        #: the run's input channels, and those predicted without (``--missing``)
+        self.channels = self.cfg.channel_names()
+        self.missing = resolve_missing(missing, self.channels)
+        if hasattr(self.extractor, "absent"):
+            self.extractor.absent = frozenset(self.missing)
         self.overlap = self.cfg.val_overlap if overlap is None else overlap
         self.feature_mask = feature_mask
         self.mirror = bool(mirror)
@@ -145,26 +222,43 @@ class Predictor:
             total = p if total is None else total + p
         return total / len(flips)
 
-    def probabilities(self, path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
-        """Class probabilities (C, X, Y, Z) on the input file's own voxel grid, and the input image."""
-        path = Path(path)
+    def case_files(self, item: str | Path | Sequence[str | Path | None] | CaseFiles) -> CaseFiles:
+        """One case's input as a file per channel; channels in ``missing`` become None."""
+        if isinstance(item, CaseFiles):
+            files = list(item.files)
+        else:
+            files = [Path(item)] if isinstance(item, (str, Path)) else [None if f is None else Path(f) for f in item]
+        if len(files) != len(self.channels):
+            raise ValueError(f"{files[0]}: {len(files)} channel file(s) for a run with {len(self.channels)} channels "
+                             f"({', '.join(self.channels)})")
+        files = [None if i in self.missing else f for i, f in enumerate(files)]
+        first = next(f for f in files if f is not None)
+        return item if isinstance(item, CaseFiles) else CaseFiles(case_name(first), tuple(files))
+
+    def probabilities(self, item: str | Path | Sequence[str | Path | None] | CaseFiles
+                      ) -> tuple[np.ndarray, nib.Nifti1Image]:
+        """Class probabilities (C, X, Y, Z) on the input's own voxel grid, and the input image (a file, or one
+        file per channel of a multi-channel run)."""
+        case = self.case_files(item)
+        path = case.first
         original = load_volume(path)
         shape = original.shape
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
         if len(shape) != 3:
             raise ValueError(f"{path}: expected a 3D image, got shape {original.shape}")
-        data = load_case(path, None, self.cfg.spacing, self.cfg.modality or "MR")
+        data = load_case(list(case.files), None, self.cfg.spacing, self.cfg.image_modalities())
         image = data["image"]
         if not torch.isfinite(image.as_tensor()).all():
             raise ValueError(f"{path}: image contains NaN or infinite voxels")
         x = image.as_tensor() if self.perturb is None else self.perturb(image.as_tensor())
-        probs = self.tta.predict_volume(self, x, name=case_name(path))
+        probs = self.tta.predict_volume(self, x, name=case.name)
         #: the last volume's preprocessed image and probabilities (its quality check reuses them)
         self.last_preprocessed = (x, probs, image.affine)
         return to_input_grid(probs, image.affine, original), original
 
-    def predict_file(self, path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
+    def predict_file(self, path: str | Path | Sequence[str | Path | None] | CaseFiles
+                     ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
         probs, original = self.probabilities(path)
         labels = classes_to_label(probs.argmax(0), self.cfg.channel_values())
         return labels, probs, original
@@ -176,6 +270,8 @@ class Predictor:
         (not even the folder) when any input is bad, would be overwritten, or is itself a target.
         ``qc``: a ``maskgen.inference.qc.QualityCheck`` that scores each case from the partial views."""
         paths = collect_inputs(inputs)
+        if len(self.channels) > 1:
+            paths = group_channels(paths, self.channels, self.missing)
         out_dir = Path(output)
         targets = output_paths(paths, out_dir, save_probabilities)
         if qc is not None:

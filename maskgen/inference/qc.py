@@ -77,7 +77,8 @@ class QualityCheck:
         hp = predictor.cfg.hparams or {}
         rate = float(hp.get("mask_rate", 0.5))
         mode = str(hp.get("mask_mode", "rescale"))
-        n_channels = 1 + int(predictor.cfg.feature_channels or predictor.extractor.out_channels)
+        n_channels = len(predictor.cfg.image_modalities()) + int(predictor.cfg.feature_channels
+                                                                 or predictor.extractor.out_channels)
         self.views: list[tuple[str, Any]] = [("image masked", "image"), ("features masked", "features")]
         self.views += [(f"random {k + 1}", v) for k, v in enumerate(random_views(n_channels, n_random, rate, mode, seed))]
         self.threshold, self.maps = float(threshold), bool(maps)

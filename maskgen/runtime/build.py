@@ -6,6 +6,7 @@ from typing import Any
 
 from maskgen.extractors import build_extractor
 from maskgen.extractors.base import StableExtractor
+from maskgen.extractors.channelwise import ChannelwiseExtractor, feature_reads
 from maskgen.methods import METHODS, build_method
 from maskgen.methods.base import Method
 from maskgen.runtime.config import TrainConfig
@@ -20,7 +21,14 @@ def build_extractor_from_config(cfg: TrainConfig) -> StableExtractor | None:
         kwargs["weights"] = cfg.extractor_weights
     if cfg.extractor_layer is not None:
         kwargs["layer"] = cfg.extractor_layer
-    return build_extractor(cfg.extractor, **kwargs)
+    extractor = build_extractor(cfg.extractor, **kwargs)
+    names = cfg.channel_names()
+    if len(names) == 1:
+        return extractor
+    if cls.needs_extractor:
+        raise ValueError(f"method {cfg.method!r} fine-tunes the extractor, which reads one channel; it does not "
+                         f"support a {len(names)}-channel dataset ({', '.join(names)})")
+    return ChannelwiseExtractor(extractor, feature_reads(cfg.features_from, names)).freeze()
 
 
 def build_method_from_config(cfg: TrainConfig, extractor: StableExtractor | None = None) -> Method:
@@ -28,7 +36,7 @@ def build_method_from_config(cfg: TrainConfig, extractor: StableExtractor | None
     is loaded; a method that needs the extractor object gets one built from ``cfg`` when none is passed."""
     method = build_method(
         cfg.method,
-        image_channels=1,
+        image_channels=len(cfg.image_modalities()),
         feature_channels=cfg.feature_channels or 0,
         n_classes=cfg.n_classes,
         network=cfg.network_kwargs(),

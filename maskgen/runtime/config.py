@@ -23,6 +23,9 @@ class TrainConfig:
     extractor: str = "mind"
     extractor_weights: str | None = None
     extractor_layer: str | int | None = None
+    #: image channels the extractor reads in a multi-channel dataset: ``all`` (each its own features) or one
+    #: channel's name or index (``maskgen.extractors.channelwise``)
+    features_from: str = "all"
     splits: str | None = None
     train_subjects: int | None = None
     steps: int = 250_000
@@ -46,7 +49,10 @@ class TrainConfig:
     #: every K steps, the paper's gradient check (B.2) into grad_check.csv; 0: off
     grad_check_every: int = 0
     # filled in when the run starts
-    modality: str | None = None
+    modality: str | None = None  # the first channel's (runs saved before ``modalities`` existed have only this)
+    #: the dataset's channel names (``channel_names``, in order) and each channel's modality (CT or MR)
+    channels: list[str] | None = None
+    modalities: list[str] | None = None
     n_classes: int | None = None
     label_names: dict[str, int] | None = None
     feature_channels: int | None = None
@@ -59,9 +65,19 @@ class TrainConfig:
     #: settings ``--resume`` may change; any other setting given on resume must match the saved run
     RESUMABLE_CHANGES = ("steps", "device", "num_workers", "grad_check_every")
     PATH_FIELDS = ("dataset", "out", "splits", "extractor_weights")
+    #: worked out from the dataset when a run starts (never a conflict; cleared when a config is rerun)
+    FILLED_AT_START = ("modality", "channels", "modalities", "n_classes", "label_names", "feature_channels",
+                       "class_values", "ignore_value")
 
     def network_kwargs(self) -> dict[str, int]:
         return {"base_width": self.base_width, "n_poolings": self.n_poolings, "convs_per_level": self.convs_per_level}
+
+    def image_modalities(self) -> list[str]:
+        """Each input channel's modality; one MR channel for a run saved before channels existed."""
+        return list(self.modalities) if self.modalities else [self.modality or "MR"]
+
+    def channel_names(self) -> list[str]:
+        return list(self.channels) if self.channels else [self.modality or "MR"]
 
     def channel_values(self) -> list[int]:
         """Label value written for each output channel."""
@@ -89,7 +105,7 @@ class TrainConfig:
         at None (decided when the run starts) and those in ``RESUMABLE_CHANGES`` never conflict.
         """
         problems = []
-        filled_at_start = {"modality", "n_classes", "label_names", "feature_channels", "class_values", "ignore_value"}
+        filled_at_start = set(self.FILLED_AT_START)
         for f in fields(self):
             name = f.name
             if name in self.RESUMABLE_CHANGES or name in filled_at_start or (given is not None and name not in given):
@@ -145,7 +161,7 @@ class TrainConfig:
 #: settings a preset (``maskgen recipe``'s preset.yaml, ``train --preset``, a benchmark dataset's ``preset``) may set
 PRESET_KEYS = ("steps", "batch_size", "patch_size", "spacing", "lr", "weight_decay", "val_every", "val_overlap",
                "aug_prob", "flips", "fg_fraction", "base_width", "n_poolings", "convs_per_level", "extractor",
-               "extractor_weights", "extractor_layer", "amp", "num_workers")
+               "extractor_weights", "extractor_layer", "features_from", "amp", "num_workers")
 
 
 def load_preset(path: str | Path) -> dict[str, Any]:

@@ -135,6 +135,7 @@ class Trainer:
                 stale.unlink(missing_ok=True)
         self.file_log = _run_file_log(self.run_dir / "train.log") if main else _silent_log()
         cfg.modality = self.spec.modality
+        cfg.channels, cfg.modalities = self.spec.channels, self.spec.modalities
         cfg.n_classes = self.spec.n_classes
         cfg.label_names = {k: v for k, v in self.spec.labels.items() if v != self.spec.ignore_value}
         cfg.ignore_value = self.spec.ignore_value
@@ -144,18 +145,18 @@ class Trainer:
             raise ValueError(f"{cfg.dataset}: dataset.json now declares label values {self.spec.class_values}, "
                              f"the run was started with {cfg.class_values}")
         if cfg.spacing is None:
-            cfg.spacing = list(median_spacing([c.image for c in train_cases]))
+            cfg.spacing = list(median_spacing([c.image for c in train_cases]))  # channels share one grid
         self.extractor = build_extractor_from_config(cfg)
         cfg.feature_channels = self.extractor.out_channels if self.extractor is not None else 0
         if self.extractor is not None:
             self.extractor.to(self.device)
         self.train_vols = [
-            load_case(c.image, c.label, cfg.spacing, cfg.modality, cfg.class_values, cfg.ignore_value)
+            load_case(c.images, c.label, cfg.spacing, cfg.modalities, cfg.class_values, cfg.ignore_value)
             for c in tqdm(train_cases, desc="load train", disable=not self.progress, leave=False)
         ]
         self.val_cases = val_cases
         self.val_vols = [
-            load_case(c.image, c.label, cfg.spacing, cfg.modality, cfg.class_values, cfg.ignore_value)
+            load_case(c.images, c.label, cfg.spacing, cfg.modalities, cfg.class_values, cfg.ignore_value)
             for c in tqdm(val_cases, desc="load val", disable=not self.progress, leave=False)
         ]
         self.method = place_model(build_method_from_config(cfg, self.extractor), self.device)

@@ -185,7 +185,7 @@ def validation_volumes(predictor: Segmenter) -> list[dict[str, Any]]:
         raise ValueError(f"{cfg.dataset}: the run has no labelled validation cases to tune on")
     vols = []
     for c in cases:
-        v = load_case(c.image, c.label, cfg.spacing, cfg.modality or "MR", cfg.class_values, cfg.ignore_value)
+        v = load_case(c.images, c.label, cfg.spacing, cfg.image_modalities(), cfg.class_values, cfg.ignore_value)
         vols.append({"case": c.case_id, "image": v["image"].as_tensor(), "label": v["label"].as_tensor()[0]})
     return vols
 
