@@ -147,6 +147,10 @@ def test_predict_with_a_missing_channel_writes_the_mask_in_the_input_geometry(ru
         mask = nib.load(out / src.name.replace("_0000", ""))
         assert mask.shape == SHAPE
         np.testing.assert_allclose(mask.affine, nib.load(src).affine, atol=1e-5)
+    assert main(["evaluate", "--pred", str(out), "--labels", str(two_channel / "labelsTs"), "--out",
+                 str(tmp_path / "ev")]) == 0
+    scored = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert len(scored["metric_per_case"]) == 2 and "foreground_mean" in scored
     # the missing channel is zeros and gives no features: the same as zeroing it in a full input
     full = Predictor(runs[method], device="cpu")
     without = Predictor(runs[method], device="cpu", missing=["CT"])
