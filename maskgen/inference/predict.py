@@ -235,10 +235,10 @@ class Predictor:
         first = next(f for f in files if f is not None)
         return item if isinstance(item, CaseFiles) else CaseFiles(case_name(first), tuple(files))
 
-    def probabilities(self, item: str | Path | Sequence[str | Path | None] | CaseFiles
-                      ) -> tuple[np.ndarray, nib.Nifti1Image]:
+    def probabilities(self, item: str | Path | Sequence[str | Path | None] | CaseFiles, on_input_grid: bool = True
+                      ) -> tuple[np.ndarray | torch.Tensor, nib.Nifti1Image]:
         """Class probabilities (C, X, Y, Z) on the input's own voxel grid, and the input image (a file, or one
-        file per channel of a multi-channel run)."""
+        file per channel of a multi-channel run); ``on_input_grid`` False leaves them on the preprocessed grid."""
         case = self.case_files(item)
         path = case.first
         original = load_volume(path)
@@ -255,13 +255,25 @@ class Predictor:
         probs = self.tta.predict_volume(self, x, name=case.name)
         #: the last volume's preprocessed image and probabilities (its quality check reuses them)
         self.last_preprocessed = (x, probs, image.affine)
+        if not on_input_grid:
+            return probs, original
         return to_input_grid(probs, image.affine, original), original
 
-    def predict_file(self, path: str | Path | Sequence[str | Path | None] | CaseFiles
-                     ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
-        probs, original = self.probabilities(path)
-        labels = classes_to_label(probs.argmax(0), self.cfg.channel_values())
-        return labels, probs, original
+    def predict_file(self, path: str | Path | Sequence[str | Path | None] | CaseFiles, with_probabilities: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray | None, nib.Nifti1Image]:
+        """Mask (label values) on the input's grid, and the probabilities there unless ``with_probabilities``
+        is False: then the classes are resampled one at a time into a running argmax, so memory holds one
+        class on the input grid rather than all (a 512 x 512 x 300 CT with 16 classes: 0.3 GB, not 5 GB),
+        and the mask is the same."""
+        if with_probabilities:
+            probs, original = self.probabilities(path)
+            labels = classes_to_label(probs.argmax(0), self.cfg.channel_values())
+            return labels, probs, original
+        probs, original = self.probabilities(path, on_input_grid=False)
+        classes = argmax_on_input_grid(probs, self.last_preprocessed[2], original)
+        self.last_preprocessed = None
+        del probs
+        return classes_to_label(classes, self.cfg.channel_values()), None, original
 
     def predict_to_folder(self, inputs: Iterable[str | Path] | str | Path, output: str | Path,
                           overwrite: bool = False, save_probabilities: bool = False, progress: bool = True,
@@ -292,7 +304,7 @@ class Predictor:
         written: list[Path] = []
         try:
             for p in tqdm(paths, desc="predict", disable=not progress):
-                labels, probs, original = self.predict_file(p)
+                labels, probs, original = self.predict_file(p, with_probabilities=save_probabilities or qc is not None)
                 written.append(write_mask(labels, original, targets[p][0]))
                 if save_probabilities:
                     written.append(write_probabilities(probs, original, targets[p][1]))
@@ -319,6 +331,21 @@ def to_input_grid(values: torch.Tensor, affine, original) -> np.ndarray:
         spatial_size=tuple(shape),
     )
     return torch.as_tensor(back).float().clamp_min(0).numpy()
+
+
+def argmax_on_input_grid(probs: torch.Tensor, affine, original) -> np.ndarray:
+    """``to_input_grid(probs, ...).argmax(0)``, one class at a time: the same classes (ties go to the lower
+    class, as argmax's), with one class on the input grid in memory instead of all."""
+    best_value, best_class = None, None
+    for c in range(probs.shape[0]):
+        value = to_input_grid(probs[c:c + 1], affine, original)[0]
+        if best_value is None:
+            best_value, best_class = value, np.zeros(value.shape, np.uint8 if probs.shape[0] <= 256 else np.int32)
+            continue
+        better = value > best_value
+        best_class[better] = c
+        np.maximum(best_value, value, out=best_value)
+    return best_class
 
 
 def write_mask(labels: np.ndarray, like, path: Path) -> Path:

@@ -103,4 +103,13 @@ def sliding_window_probs(
             )
     finally:
         method.train(was_training)
-    return torch.softmax(torch.as_tensor(logits).float(), dim=1)[0].cpu()
+    return softmax_in_slabs(torch.as_tensor(logits)[0])
+
+
+def softmax_in_slabs(logits: torch.Tensor, slab: int = 16) -> torch.Tensor:
+    """Softmax over classes (dim 0) of (C, D, H, W) logits, in place a few slices at a time, so a large volume
+    never holds a second full-size copy (16 classes of 512 x 512 x 300: 5 GB each)."""
+    out = logits.float().cpu()  # the same tensor when it already is a float32 CPU tensor
+    for i in range(0, out.shape[1], slab):
+        out[:, i:i + slab] = torch.softmax(out[:, i:i + slab], dim=0)
+    return out
