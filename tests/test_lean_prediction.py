@@ -45,3 +45,17 @@ def test_predict_without_probabilities_writes_the_same_masks(tiny_dataset, tmp_p
         lean, none, _ = pred.predict_file(path, with_probabilities=False)
         assert none is None and probs is not None
         np.testing.assert_array_equal(lean, with_probs)
+
+
+def test_the_identity_grid_skips_resampling_with_the_same_values(tiny_dataset):
+    import nibabel as nib
+
+    probs = torch.softmax(torch.randn(3, 6, 7, 5, generator=torch.Generator().manual_seed(2)), dim=0)
+    affine = np.diag([1.5, 2.0, 2.5, 1.0])
+    affine[:3, 3] = [4.0, -3.0, 1.0]
+    same = nib.Nifti1Image(np.zeros((6, 7, 5), np.float32), affine)
+    np.testing.assert_array_equal(to_input_grid(probs, torch.as_tensor(affine), same), probs.numpy())
+    nudged = affine.copy()
+    nudged[0, 3] += 0.5  # half a voxel off: resampled, not copied
+    moved = nib.Nifti1Image(np.zeros((6, 7, 5), np.float32), nudged)
+    assert not np.allclose(to_input_grid(probs, torch.as_tensor(affine), moved), probs.numpy())

@@ -326,6 +326,10 @@ def to_input_grid(values: torch.Tensor, affine, original) -> np.ndarray:
     from monai.data import MetaTensor
 
     shape = original.shape[:3]
+    if tuple(values.shape[1:]) == tuple(shape) and np.allclose(np.asarray(affine, float), original.affine, atol=1e-6):
+        # the same grid (a RAS input at the run's spacing): resampling is the identity, and costs a
+        # coordinate grid of 3 values per voxel (0.9 GB for 512 x 512 x 300)
+        return torch.as_tensor(values).float().clamp_min(0).numpy()
     back = SpatialResample(mode="bilinear", padding_mode="border")(
         MetaTensor(values, affine=affine), dst_affine=torch.as_tensor(original.affine, dtype=torch.float64),
         spatial_size=tuple(shape),
