@@ -259,6 +259,18 @@ def test_shipped_configs_parse(tmp_path, name):
         assert cfg.few_shot_subjects == (5 if "fewshot" in name else None)
 
 
+@pytest.mark.parametrize("name, variant, channels", [("phantom_two_channel.yaml", None, ["T1w", "CT"]),
+                                                      ("phantom_texture.yaml", "texture", None)])
+def test_the_phantom_variant_configs_parse(name, variant, channels):
+    from maskgen.benchmark.config import parse_benchmark_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "benchmark" / name
+    cfg = parse_benchmark_config(yaml.safe_load(path.read_text()), path)
+    (entry,) = cfg.datasets
+    assert entry.phantom.get("variant") == variant and entry.phantom.get("channels") == channels
+    assert "erm" in [a.name for a in cfg.arms]
+
+
 def test_a_dataset_preset_is_read_and_its_own_train_settings_win(tmp_path):
     from maskgen.benchmark.config import parse_benchmark_config
 
