@@ -55,8 +55,9 @@ QUICK = DemoSettings(shape=(32, 32, 32), spacing=(4.0, 4.0, 4.0), n_train=4, n_v
 
 def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, device: str = "auto",
              seeds: list[int] | None = None, settings: DemoSettings | None = None, progress: bool = True,
-             steps: int | None = None, val_every: int | None = None, mask_rate: float | None = None) -> dict:
-    """Train, test and tabulate every arm of ``settings``; ``steps``/``val_every``/``mask_rate`` override the
+             steps: int | None = None, val_every: int | None = None, mask_rate: float | None = None,
+             base_width: int | None = None) -> dict:
+    """Train, test and tabulate every arm of ``settings``; ``steps``/``val_every``/``mask_rate``/``base_width`` override the
     preset (the 20-minute default does not converge on 2 CPU cores: docs/results.md, 4000 steps)."""
     from maskgen.data.nnunet import load_dataset
     from maskgen.data.phantom import generate_phantom
@@ -77,6 +78,10 @@ def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, devi
         if val_every < 1:
             raise ValueError(f"--val-every must be a positive number of steps, got {val_every}")
         s.val_every = val_every
+    if base_width is not None:
+        if base_width < 1:
+            raise ValueError(f"--base-width must be a positive number of channels, got {base_width}")
+        s.base_width = base_width
     if mask_rate is not None:
         if not 0.0 <= mask_rate < 1.0:
             raise ValueError(f"--mask-rate must lie in [0, 1), got {mask_rate}")

@@ -121,6 +121,12 @@ def channel_modality(name: str) -> str:
     return "CT" if str(name).strip().lower() == "ct" else "MR"
 
 
+def channel_index(name: str | int, channels: list[str] | tuple[str, ...]) -> int | None:
+    """The index of the channel a user names by its ``channel_names`` entry (any case) or by its index."""
+    text = str(name).strip()
+    return next((i for i, c in enumerate(channels) if text == str(i) or text.lower() == str(c).lower()), None)
+
+
 def default_domain(split: str) -> str:
     """Domain of a case whose split file names none: ``test`` for test cases, ``source`` otherwise."""
     return "test" if split == "test" else "source"

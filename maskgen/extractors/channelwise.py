@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from maskgen.data.cases import channel_index
 from maskgen.extractors.base import StableExtractor
 
 
@@ -54,9 +55,8 @@ def feature_reads(features_from: str | int | None, channels: Sequence[str]) -> l
     """The channels ``--features-from`` names: ``all`` (default), a channel's name or its index."""
     if features_from in (None, "all"):
         return list(range(len(channels)))
-    text = str(features_from).strip()
-    for i, name in enumerate(channels):
-        if text == str(i) or text.lower() == str(name).lower():
-            return [i]
+    hit = channel_index(features_from, list(channels))
+    if hit is not None:
+        return [hit]
     listed = ", ".join(f"{i}={n}" for i, n in enumerate(channels))
     raise ValueError(f"--features-from {features_from!r}: no such channel (the dataset's channels: {listed}; or 'all')")

@@ -20,6 +20,7 @@ import torch
 from monai.transforms import SpatialResample
 from tqdm.auto import tqdm
 
+from maskgen.data.cases import channel_index
 from maskgen.data.checks import load_image_checked
 from maskgen.data.preprocess import classes_to_label, load_case
 from maskgen.data.volumes import (
@@ -70,6 +71,7 @@ def group_channels(paths: Sequence[Path], channels: Sequence[str], missing: Iter
     n, missing = len(channels), set(missing)
     listed = ", ".join(f"_{i:04d}={c}" for i, c in enumerate(channels))
     by_case: dict[str, dict[int, Path]] = {}
+    given_only_missing: dict[str, Path] = {}
     problems = []
     for p in paths:
         m = re.fullmatch(r"(.+)_(\d{4})", strip_ending(p))
@@ -79,6 +81,13 @@ def group_channels(paths: Sequence[Path], channels: Sequence[str], missing: Iter
             problems.append(f"{p}: channel _{m.group(2)}, but the run has {n} channels ({listed})")
         elif int(m.group(2)) not in missing:
             by_case.setdefault(m.group(1), {})[int(m.group(2))] = p
+        else:
+            given_only_missing.setdefault(m.group(1), p)
+    for case, p in sorted(given_only_missing.items()):
+        if case not in by_case:  # never dropped silently: the user gave files for this case
+            problems.append(f"{p}: case {case!r} has files only of channels named in --missing; nothing to segment")
+    if not paths:
+        problems.append("no input files")
     for case, files in sorted(by_case.items()):
         for i in range(n):
             if i not in files and i not in missing:
@@ -94,10 +103,10 @@ def resolve_missing(missing: Iterable[str | int], channels: Sequence[str]) -> li
     out = []
     listed = ", ".join(f"{i}={c}" for i, c in enumerate(channels))
     for m in missing:
-        hits = [i for i, c in enumerate(channels) if str(m) == str(i) or str(m).lower() == str(c).lower()]
-        if not hits:
+        hit = channel_index(m, list(channels))
+        if hit is None:
             raise ValueError(f"--missing {m!r}: the run has no such channel (its channels: {listed})")
-        out.append(hits[0])
+        out.append(hit)
     if out and len(set(out)) >= len(channels):
         raise ValueError(f"--missing names every channel of the run ({listed}); at least one must be given")
     return sorted(set(out))
@@ -133,11 +142,11 @@ def check_input(path: Path | CaseFiles) -> str | None:
             continue
         data, affine, problem = load_image_checked(f)
         if problem:
-            return f"{f.name}: {problem}"
+            return f"{f}: {problem}"
         if grid is None:
             grid = (data.shape, affine, f.name)
         elif data.shape != grid[0] or not np.allclose(affine, grid[1], atol=1e-3):
-            return f"{f.name}: not on the voxel grid of {grid[2]} (every channel of a case must share one grid)"
+            return f"{f}: not on the voxel grid of {grid[2]} (every channel of a case must share one grid)"
     return None
 
 
@@ -289,7 +298,7 @@ class Predictor:
         if qc is not None:
             for p, extra in qc.targets(paths, out_dir).items():
                 targets[p] += extra
-        problems = [f"{p}: {why}" for p in tqdm(paths, desc="check inputs", disable=not progress, leave=False)
+        problems = [f"{case_name(p) if isinstance(p, CaseFiles) else p}: {why}" for p in tqdm(paths, desc="check inputs", disable=not progress, leave=False)
                     if (why := check_input(p)) is not None]
         if problems:
             raise ValueError(f"{len(problems)} of {len(paths)} input(s) cannot be segmented; nothing was written:\n"
