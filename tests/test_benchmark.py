@@ -358,3 +358,16 @@ def test_analyses_take_a_benchmark_folder_for_its_selected_cells(finished, tmp_p
     assert main(["analyze", "views", str(root / "one"), "--out", str(tmp_path / "views")]) == 0
     summary = json.loads((tmp_path / "views" / "summary.json").read_text())
     assert set(summary) == {"erm_seed0", "erm_seed1", "maskgen"} and summary["maskgen"]["method"] == "maskgen"
+
+
+def test_only_trains_the_matching_cells_and_a_pattern_matching_none_is_refused(tmp_path):
+    config = _write(tmp_path / "tiny.yaml", TINY)
+    out = tmp_path / "subset"
+    with pytest.raises(ValueError, match=r"--only phantom/ermm/\*: no cell matches .*phantom/erm/default/seed0"):
+        run_benchmark(config, out, threads=1, progress=False, only=["phantom/ermm/*"])
+    assert not (out / "cells").exists()  # refused before anything was generated or trained
+    report = run_benchmark(config, out, threads=1, progress=False, only=["*/seed0", "*/mask_rate=0.5/*"])
+    trained = sorted(str(p.parent.relative_to(out / "cells")) for p in (out / "cells").rglob("checkpoint_latest.pt"))
+    assert trained == ["phantom/erm/default/seed0", "phantom/maskgen/mask_rate=0.25/seed0",
+                       "phantom/maskgen/mask_rate=0.5/seed0"]
+    assert report["cells"] == {"total": 4, "done": 3}

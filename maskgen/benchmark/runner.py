@@ -7,6 +7,7 @@ settings differ from the config's. A lock file keeps two runners out of one fold
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import logging
 import shutil
 import time
@@ -54,20 +55,34 @@ def run_order(cells: list[Cell], cfg) -> list[Cell]:
     return sorted(cells, key=lambda c: (seed_index[c.arm][c.seed], arm_index[c.arm]))
 
 
+def select_cells(cells: list[Cell], only: Sequence[str]) -> list[Cell]:
+    """The cells whose id matches one of the ``only`` patterns (all when none); a pattern matching no cell is
+    refused with the ids it could have named, so a typo never trains nothing silently."""
+    if not only:
+        return cells
+    unmatched = [p for p in only if not any(fnmatch.fnmatchcase(c.cell_id, p) for c in cells)]
+    if unmatched:
+        examples = ", ".join(c.cell_id for c in cells[:4])
+        raise ValueError(f"--only {' '.join(unmatched)}: no cell matches (cell ids look like {examples}, ...)")
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.cell_id, p) for p in only)]
+
+
 def run_benchmark(config: str | Path, out: str | Path, jobs: int = 1, devices: Sequence[str] = ("cpu",),
                   threads: int | None = None, executor: str = "local", report_only: bool = False,
                   progress: bool = True, export: str | Path | None = None,
-                  resume_from: str | Path | None = None) -> dict[str, Any]:
+                  resume_from: str | Path | None = None, only: Sequence[str] = ()) -> dict[str, Any]:
     """Run (or continue) the benchmark of ``config`` in ``out`` and write its report; returns the report.
 
     ``resume_from``: a folder written by ``export``; its finished cells with the config's settings count as
-    done (carry_over.py), for a machine that lost the benchmark folder."""
+    done (carry_over.py), for a machine that lost the benchmark folder. ``only``: shell patterns over cell
+    ids (``phantom/maskgen/mask_rate=0.25/seed0``, ``*/erm/*``); only matching cells train this time, the
+    report still covers every finished cell."""
     if executor not in EXECUTORS:
         raise ValueError(f"--executor must be one of {EXECUTORS}, not {executor!r}")
     cfg = load_benchmark_config(config)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    args = (cfg, out, jobs, devices, threads, executor, report_only, progress, export, resume_from)
+    args = (cfg, out, jobs, devices, threads, executor, report_only, progress, export, resume_from, tuple(only))
     if report_only and resume_from is None:  # trains nothing: it may report while a runner trains in the folder
         return _run(*args)
     with open(out / ".benchmark.lock", "w") as lock:
@@ -80,10 +95,11 @@ def run_benchmark(config: str | Path, out: str | Path, jobs: int = 1, devices: S
 
 def _run(cfg, out: Path, jobs: int, devices: Sequence[str], threads: int | None, executor: str,
          report_only: bool, progress: bool, export: str | Path | None = None,
-         resume_from: str | Path | None = None) -> dict[str, Any]:
+         resume_from: str | Path | None = None, only: tuple[str, ...] = ()) -> dict[str, Any]:
     t0 = time.time()
-    prepare_datasets(cfg, out, progress=progress)
     cells = expand_cells(cfg, out)
+    selected = select_cells(cells, only)
+    prepare_datasets(cfg, out, progress=progress)
     if resume_from is not None:
         outcome = carry_over(cells, resume_from)
         lines = [f"carried over from {resume_from}: {len(outcome['carried'])} finished cell(s); "
@@ -94,7 +110,7 @@ def _run(cfg, out: Path, jobs: int, devices: Sequence[str], threads: int | None,
                 print(line)
     check_conflicts(cells)
     status = {c.cell_id: cell_status(c) for c in cells}
-    todo = run_order([c for c in cells if status[c.cell_id] != DONE], cfg)
+    todo = run_order([c for c in selected if status[c.cell_id] != DONE], cfg)
     config_copy = out / "benchmark.yaml"
     if not report_only and config_copy.exists() and config_copy.read_bytes() != cfg.path.read_bytes():
         history = out / "configs"
@@ -103,8 +119,9 @@ def _run(cfg, out: Path, jobs: int, devices: Sequence[str], threads: int | None,
     if not report_only:
         atomic_write_text(config_copy, cfg.path.read_text(encoding="utf-8"))
     n_partial = sum(status[c.cell_id] not in (DONE, NEW) for c in cells)
-    msg = (f"{len(cells)} cells: {len(cells) - len(todo)} done, {n_partial} to resume, "
-           f"{len(todo) - n_partial} to start")
+    n_done = sum(v == DONE for v in status.values())
+    msg = (f"{len(cells)} cells: {n_done} done, {n_partial} to resume, {len(cells) - n_done - n_partial} to start"
+           + (f"; --only selects {len(selected)}, {len(todo)} of them to train" if only else ""))
     log.info(msg)
     if progress:
         print(msg)

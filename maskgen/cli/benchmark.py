@@ -30,6 +30,10 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
     p.add_argument("--resume-from", default=None, metavar="EXPORT",
                    help="a folder --export wrote (e.g. committed results): its finished cells with this config's "
                         "settings count as done here, so a machine that lost --out trains only the rest")
+    p.add_argument("--only", nargs="+", default=(), metavar="PATTERN",
+                   help="train only the cells whose id matches a shell pattern, e.g. 'phantom/erm/*/seed0' "
+                        "'*/maskgen/mask_rate=0.25/*' (ids: DATASET/METHOD/GRID POINT/seedK); the report still "
+                        "covers every finished cell")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_benchmark)
     return p
@@ -40,8 +44,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     try:
         report = runner.run_benchmark(args.config, args.out, jobs=args.jobs, devices=devices, threads=args.threads,
                                       executor=args.executor, report_only=args.report_only, progress=args.progress,
-                                      export=args.export, resume_from=args.resume_from)
-    except (RuntimeError, FileNotFoundError) as e:
+                                      export=args.export, resume_from=args.resume_from,
+                                      only=args.only)
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
         print(f"maskgen benchmark: {e}")
         return 1
     print(open(f"{args.out}/table.md", encoding="utf-8").read(), end="")
