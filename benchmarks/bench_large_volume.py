@@ -6,7 +6,7 @@ volume's spacing, so the volume is not resampled: the worst case, every voxel pr
 resident memory (getrusage of the child): the default (no probabilities kept: classes resampled one at a
 time into a running argmax) and `--save-probabilities` (all 16 classes on the input grid, and written).
 
-    python benchmarks/bench_large_volume.py --json docs/results/bench_large_volume_cpu.json
+    python benchmarks/bench_large_volume.py --grids same flipped --modes lean --json docs/results/bench_large_volume_cpu.json
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=16)
     ap.add_argument("--patch", type=int, default=128)
     ap.add_argument("--modes", nargs="+", default=["lean", "probabilities"])
+    ap.add_argument("--grids", nargs="+", default=["same"], choices=["same", "flipped"],
+                    help="same: a RAS volume at the run's spacing (no resampling); flipped: the same voxels stored "
+                         "with the first two axes flipped (LPS, as DICOM-converted CTs often are), so the "
+                         "probabilities are resampled back onto the input grid")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     cli = [sys.executable, "-m", "maskgen.cli"]
@@ -83,16 +87,24 @@ def main() -> None:
         big = tmp / "big"
         big.mkdir()
         vol = np.random.default_rng(0).normal(0, 300, args.shape).astype(np.float32)
-        nib.save(nib.Nifti1Image(vol, np.diag([*args.spacing, 1.0])), big / "ct_0000.nii.gz")
+        for grid in args.grids:
+            affine = np.diag([*args.spacing, 1.0])
+            if grid == "flipped":
+                affine = np.diag([-args.spacing[0], -args.spacing[1], args.spacing[2], 1.0])
+                affine[:2, 3] = [(n - 1) * s for n, s in zip(args.shape[:2], args.spacing[:2])]
+            (big / grid).mkdir()
+            nib.save(nib.Nifti1Image(vol, affine), big / grid / "ct_0000.nii.gz")
         del vol
-        for mode in args.modes:
-            out = tmp / f"pred_{mode}"
-            extra = ["--save-probabilities"] if mode == "probabilities" else []
-            t0 = time.time()
-            seconds, peak_gb = run_child([*cli, "predict", "--run", str(run), "--input", str(big), "--output",
-                                          str(out), "--device", "cpu", *extra])
-            results.append({"mode": mode, "seconds": seconds, "peak_rss_gb": peak_gb, "wall": time.time() - t0})
-            print(f"{mode:14s} {seconds:7.1f} s  peak RSS {peak_gb:.2f} GB")
+        for grid in args.grids:
+            for mode in args.modes:
+                out = tmp / f"pred_{grid}_{mode}"
+                extra = ["--save-probabilities"] if mode == "probabilities" else []
+                t0 = time.time()
+                seconds, peak_gb = run_child([*cli, "predict", "--run", str(run), "--input", str(big / grid),
+                                              "--output", str(out), "--device", "cpu", *extra])
+                results.append({"grid": grid, "mode": mode, "seconds": seconds, "peak_rss_gb": peak_gb,
+                                "wall": time.time() - t0})
+                print(f"{grid:8s} {mode:14s} {seconds:7.1f} s  peak RSS {peak_gb:.2f} GB", flush=True)
     rec = {"machine": platform.machine(), "cpus": os.cpu_count(), "settings": vars(args), "results": results,
            "python": sys.version.split()[0], "self_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
     if args.json:

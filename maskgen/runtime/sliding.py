@@ -1,15 +1,16 @@
-"""Gaussian-blended sliding-window inference (MONAI), shared by validation during training and by prediction."""
+"""Gaussian-blended sliding-window inference (MONAI's windows and weights, streamed along one axis:
+streaming_windows.py), shared by validation during training and by prediction."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from monai.inferers import sliding_window_inference
 
 from maskgen.device import autocast
 from maskgen.extractors.base import StableExtractor, instance_normalize
 from maskgen.methods.base import Method
+from maskgen.runtime.streaming_windows import streamed_sliding_window
 
 
 def make_predictor(method: Method, extractor: StableExtractor | None, feature_mask: str | torch.Tensor | None = None):
@@ -73,8 +74,10 @@ def sliding_window_probs(
     sw_batch_size: int = 2,
     feature_mask: str | torch.Tensor | None = None,
     feature_pass: str = DEFAULT_FEATURE_PASS,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Softmax probabilities (C, D, H, W) for one preprocessed image (1, D, H, W), Gaussian-blended."""
+    """Softmax probabilities (C, D, H, W) on the CPU, stored as ``out_dtype``, for one preprocessed image
+    (1, D, H, W), Gaussian-blended; memory beyond them: one window's depth of float32 logits."""
     if feature_pass not in FEATURE_PASSES:
         raise ValueError(f"feature pass must be one of {FEATURE_PASSES}, got {feature_pass!r}")
     device = torch.device(device)
@@ -93,23 +96,8 @@ def sliding_window_probs(
                                                    feature_pass == "volume" and extractor.normalize, feature_mask)
             else:
                 inputs, predictor = x, make_predictor(method, extractor, feature_mask)
-            logits = sliding_window_inference(
-                inputs,
-                roi_size=tuple(int(r) for r in roi_size),
-                sw_batch_size=sw_batch_size,
-                predictor=predictor,
-                overlap=overlap,
-                mode="gaussian",
-            )
+            probs = streamed_sliding_window(inputs, roi_size, predictor, overlap=overlap,
+                                            sw_batch_size=sw_batch_size, out_dtype=out_dtype)
     finally:
         method.train(was_training)
-    return softmax_in_slabs(torch.as_tensor(logits)[0])
-
-
-def softmax_in_slabs(logits: torch.Tensor, slab: int = 16) -> torch.Tensor:
-    """Softmax over classes (dim 0) of (C, D, H, W) logits, in place a few slices at a time, so a large volume
-    never holds a second full-size copy (16 classes of 512 x 512 x 300: 5 GB each)."""
-    out = logits.float().cpu()  # the same tensor when it already is a float32 CPU tensor
-    for i in range(0, out.shape[1], slab):
-        out[:, i:i + slab] = torch.softmax(out[:, i:i + slab], dim=0)
-    return out
+    return probs
