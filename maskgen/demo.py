@@ -58,7 +58,7 @@ def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, devi
              steps: int | None = None, val_every: int | None = None, mask_rate: float | None = None,
              base_width: int | None = None) -> dict:
     """Train, test and tabulate every arm of ``settings``; ``steps``/``val_every``/``mask_rate``/``base_width`` override the
-    preset (the 20-minute default does not converge on 2 CPU cores: docs/results.md, 4000 steps)."""
+    preset (the 20-minute default does not converge on 2 CPU cores: README, "Converged")."""
     from maskgen.data.nnunet import load_dataset
     from maskgen.data.phantom import generate_phantom
     from maskgen.evaluation.testing import score_cases

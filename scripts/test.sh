@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-.venv/bin/ruff check maskgen tests benchmarks experiments
+.venv/bin/ruff check maskgen tests benchmarks
 .venv/bin/python -m pytest tests
