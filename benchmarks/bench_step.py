@@ -22,7 +22,7 @@ from monai.losses import DiceCELoss
 from maskgen.device import place_model, resolve_device
 from maskgen.extractors import build_extractor
 from maskgen.methods import build_method
-from maskgen.runtime.sliding import sliding_window_probs
+from maskgen.runtime.sliding import FEATURE_PASSES, sliding_window_probs
 
 
 def _sync(device: torch.device) -> None:
@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--feature-pass", default="window", choices=FEATURE_PASSES,
+                    help="how MaskGen's inference computes the features (predict --feature-pass)")
+    ap.add_argument("--no-train", action="store_true", help="time inference only")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
 
@@ -76,7 +79,7 @@ def main() -> None:
         return time.perf_counter() - t
 
     times: dict[str, list[float]] = {"erm": [], "maskgen": []}
-    for i in range(args.warmup + args.repeats):
+    for i in range(0 if args.no_train else args.warmup + args.repeats):
         for name in ("erm", "maskgen") if i % 2 == 0 else ("maskgen", "erm"):
             dt = step(name)
             if i >= args.warmup:
@@ -88,19 +91,19 @@ def main() -> None:
         for name in ("erm", "maskgen"):
             _sync(device)
             t = time.perf_counter()
-            sliding_window_probs(methods[name], ext, vol, (p, p, p), 0.5, device)
+            sliding_window_probs(methods[name], ext, vol, (p, p, p), 0.5, device, feature_pass=args.feature_pass)
             _sync(device)
             if i > 0:
                 inf[name].append(time.perf_counter() - t)
 
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items() if v}
     imed = {k: statistics.median(v) for k, v in inf.items()}
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "device": str(device), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "settings": vars(args),
         "train_step_s": {k: {"median": med[k], "min": min(times[k]), "max": max(times[k])} for k in med},
-        "train_overhead_pct": 100 * (med["maskgen"] / med["erm"] - 1),
+        "train_overhead_pct": 100 * (med["maskgen"] / med["erm"] - 1) if med else None,
         "inference_s": {k: {"median": imed[k], "min": min(inf[k]), "max": max(inf[k])} for k in imed},
         "inference_overhead_pct": 100 * (imed["maskgen"] / imed["erm"] - 1),
     }

@@ -173,3 +173,25 @@ def test_a_conversion_that_fails_half_way_can_be_redone_with_overwrite(tmp_path)
     _vol(src / "imagesTr" / "BRATS_003.nii.gz", channels=4)
     summary = convert("brats", src, out, overwrite=True, progress=False)
     assert summary["complete"] and json.loads((out / "recipe.json").read_text())["complete"] is True
+
+
+def test_ct_images_of_mixed_datasets_are_windowed_when_converted_and_mri_is_copied(tmp_path):
+    src = tmp_path / "amos22"
+    for cid in (1, 2, 3, 501, 502):
+        d = ("imagesTr", "labelsTr") if cid % 2 else ("imagesVa", "labelsVa")
+        (src / d[0]).mkdir(parents=True, exist_ok=True)
+        span = 3000.0 if cid != 3 else 500.0  # case 3: a CT that never reaches the window's ends
+        data = np.linspace(-span, span, 512, dtype=np.float32).reshape(8, 8, 8)
+        nib.save(nib.Nifti1Image(data if cid < 500 else data / 10, np.eye(4)), str(src / d[0] / f"amos_{cid:04d}.nii.gz"))
+        _vol(src / d[1] / f"amos_{cid:04d}.nii.gz", labels=(0, 1, 15))
+    out = tmp_path / "amos"
+    s = convert("amos", src, out, progress=False)
+    ct = np.asarray(nib.load(out / "imagesTr" / "amos_0001_0000.nii.gz").dataobj)
+    assert ct.min() == -1024 and ct.max() == 1024 and (ct == 1024).sum() > 1
+    assert np.asarray(nib.load(out / "imagesTr" / "amos_0003_0000.nii.gz").dataobj).max() == np.float32(500.0)
+    mri = next((out / "imagesVal").iterdir()).name[:9]
+    original = src / ("imagesTr" if int(mri[5:]) % 2 else "imagesVa") / f"{mri}.nii.gz"
+    assert (out / "imagesVal" / f"{mri}_0000.nii.gz").read_bytes() == original.read_bytes()  # MRI untouched
+    assert s["ct_window"] == {"window_hu": [-1024.0, 1024.0], "clipped": 3, "not_spanning": ["amos_0003"]}
+    assert any("1 of 3 clipped CT images do not reach both ends" in d for d in s["differences"])
+    assert "clipped to [-1024, 1024] HU" in (out / "preset.yaml").read_text()

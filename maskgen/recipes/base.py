@@ -18,6 +18,9 @@ from maskgen.registry import Registry
 
 #: the reference code's fixed shuffle seed, independent of the training seed
 SPLIT_SEED = 123
+#: the paper's CT window (HU); a mixed CT/MRI dataset gets it at conversion, since training min-max scales
+#: every image of a single-channel dataset alike
+CT_WINDOW = (-1024.0, 1024.0)
 
 
 class RecipeError(ValueError):
@@ -35,6 +38,7 @@ class Entry:
     channel: int | None = None  # index into a 4-D image (BraTS)
     label_map: dict[int, int] = field(default_factory=dict)  # value -> new value (TopCoW 15 -> 13)
     binarize: bool = False  # every non-zero label value -> 1 (prostate copies differ: 1, 2 or 255)
+    clip: tuple[float, float] | None = None  # intensity window applied when written (CT: [-1024, 1024] HU)
 
 
 @dataclass
@@ -99,9 +103,12 @@ def convert(name: str, source: str | Path, out: str | Path, overwrite: bool = Fa
 
     # written before the first case: a conversion that fails half-way can be redone with --overwrite
     atomic_write_json(out / "recipe.json", {"recipe": name, "complete": False})
+    windowed: dict[str, bool] = {}  # case -> the clipped image reaches both ends of the window
     for e in tqdm(entries, desc=f"recipe {name}", unit="case", disable=not progress):
         img_dir, lab_dir = SPLIT_FOLDERS[e.split]
-        _write_image(e, out / img_dir / f"{e.case}_0000.nii.gz")
+        spans = _write_image(e, out / img_dir / f"{e.case}_0000.nii.gz")
+        if e.clip is not None:
+            windowed[e.case] = spans
         _write_label(e, out / lab_dir / f"{e.case}.nii.gz")
     from maskgen.data.splits import write_split_csv
     from maskgen.io import atomic_write_text
@@ -115,6 +122,13 @@ def convert(name: str, source: str | Path, out: str | Path, overwrite: bool = Fa
                                             "file_ending": ".nii.gz"})
     summary = {"recipe": name, "source": str(source.resolve()), "counts": counts, "differences": differences,
                "few_shot": few_shot, "complete": True}
+    if windowed:
+        short = sorted(c for c, spans in windowed.items() if not spans)
+        summary["ct_window"] = {"window_hu": list(CT_WINDOW), "clipped": len(windowed), "not_spanning": short}
+        if short:
+            differences.append(f"{len(short)} of {len(windowed)} clipped CT images do not reach both ends of "
+                               f"[{CT_WINDOW[0]:g}, {CT_WINDOW[1]:g}] HU, so min-max scaling maps their window "
+                               f"to a narrower range than [0, 1] (e.g. {', '.join(short[:3])})")
     atomic_write_json(out / "recipe.json", summary)
     return summary
 
@@ -129,22 +143,30 @@ def _few_shot(entries: list[Entry], n: int, unit: str) -> list[Entry]:
     return [e for e in entries if e.split != "train" or key(e) in keep]
 
 
-def _write_image(e: Entry, path: Path) -> None:
+def _write_image(e: Entry, path: Path) -> bool:
+    """Write the entry's image; with ``e.clip``, clipped to that window. Returns whether the written image
+    reaches both ends of the window (always True without one)."""
     import nibabel as nib
 
     from maskgen.io import atomic_write
 
-    if e.channel is None and str(e.image).endswith(".nii.gz"):
+    if e.channel is None and e.clip is None and str(e.image).endswith(".nii.gz"):
         atomic_write(path, lambda tmp: shutil.copyfile(e.image, tmp))
-        return
+        return True
     img = nib.load(str(e.image))
     data = np.asarray(img.dataobj)
     if e.channel is not None:
         if data.ndim != 4 or data.shape[3] <= e.channel:
             raise RecipeError(f"{e.image}: expected a 4-D image with at least {e.channel + 1} channels, got {data.shape}")
         data = data[..., e.channel]
+    spans = True
+    if e.clip is not None:
+        lo, hi = e.clip
+        data = np.clip(data.astype(np.float32), lo, hi)
+        spans = bool(data.min() <= lo and data.max() >= hi)
     out = nib.Nifti1Image(data, img.affine)
     atomic_write(path, lambda tmp: nib.save(out, str(tmp)))
+    return spans
 
 
 def _write_label(e: Entry, path: Path) -> None:

@@ -8,11 +8,12 @@ import csv
 import re
 from pathlib import Path
 
-from maskgen.recipes.base import Entry, Recipe, RecipeError, read_json, register, require, shuffled
+from maskgen.recipes.base import CT_WINDOW, Entry, Recipe, RecipeError, read_json, register, require, shuffled
 
 MEMORY_NOTE = "Sized for one GPU at batch 4, as the paper trained (one RTX 6000 Ada, 48 GB); memory not measured here."
-MIXED_NOTE = (" Channel 'mixed': maskgen applies one intensity rule per dataset, so every image is min-max scaled; "
-              "the paper clips CT training images to [-1024, 1024] HU first, which would also window the MR images.")
+MIXED_NOTE = (" Channel 'mixed': the CT images are clipped to [-1024, 1024] HU when converted (the paper's window; "
+              "it applies it to its CT training images), then training min-max scales every image to [0, 1]; "
+              "recipe.json counts the CT images that do not reach both ends of the window.")
 
 
 def _cut(n: int, n_expected: int, counts: tuple[int, ...]) -> list[int]:
@@ -180,7 +181,7 @@ def _amos(source: Path, metadata=None, splits=None) -> list[Entry]:
     entries = []
     for case, (img, lab) in sorted(found.items()):
         if int(case.split("_")[1]) <= 500:
-            entries.append(Entry(case, "train", "CT", case, img, lab))
+            entries.append(Entry(case, "train", "CT", case, img, lab, clip=CT_WINDOW))
         else:
             entries.append(Entry(case, "val" if mri.index(case) < half else "test", "MRI", case, img, lab))
     return entries
@@ -219,7 +220,7 @@ def _topcow(source: Path, metadata=None, splits=None) -> list[Entry]:
         if name not in labels:
             raise RecipeError(f"{source}: no label {name}")
         entries.append(Entry(f"topcow_{mod}_{pid}", split, "CTA" if mod == "ct" else "MRA", pid, images[(mod, pid)],
-                             labels[name], label_map={15: 13}))
+                             labels[name], label_map={15: 13}, clip=CT_WINDOW if mod == "ct" else None))
     return entries
 
 
