@@ -371,3 +371,32 @@ def test_only_trains_the_matching_cells_and_a_pattern_matching_none_is_refused(t
     assert trained == ["phantom/erm/default/seed0", "phantom/maskgen/mask_rate=0.25/seed0",
                        "phantom/maskgen/mask_rate=0.5/seed0"]
     assert report["cells"] == {"total": 4, "done": 3}
+
+
+def test_an_unfinished_cell_exported_with_its_checkpoints_resumes_on_a_new_machine(finished, tmp_path):
+    import shutil
+
+    import torch
+
+    _, config, report = finished
+    out = tmp_path / "interrupted"
+    run_benchmark(config, out, threads=1, progress=False)
+    cell = out / "cells" / "phantom" / "maskgen" / "mask_rate=0.5" / "seed0"
+    shutil.rmtree(cell / "test")  # interrupted after its step-2 checkpoint: untested, 2 of 4 steps
+    ckpt = torch.load(cell / "checkpoint_latest.pt", weights_only=True)
+    ckpt["step"] = 2
+    torch.save(ckpt, cell / "checkpoint_latest.pt")
+    export = tmp_path / "committed"
+    run_benchmark(config, out, report_only=True, progress=False, export=export, export_checkpoints=True)
+    exported = sorted(str(p.relative_to(export / "cells")) for p in (export / "cells").rglob("*.pt"))
+    assert exported == ["phantom/maskgen/mask_rate=0.5/seed0/checkpoint_best.pt",
+                        "phantom/maskgen/mask_rate=0.5/seed0/checkpoint_latest.pt"]  # none of the finished cells
+    new = tmp_path / "new_machine"
+    resumed = run_benchmark(config, new, threads=1, progress=False, resume_from=export)
+    again = new / "cells" / "phantom" / "maskgen" / "mask_rate=0.5" / "seed0"
+    assert "resumed from step 2" in (again / "train.log").read_text()
+    assert str(new) in (again / "config.yaml").read_text()  # this folder's paths, the same settings
+    assert resumed["cells"] == {"total": 4, "done": 4}
+    # once it has finished, a new export drops its checkpoints
+    run_benchmark(config, new, report_only=True, progress=False, export=export, export_checkpoints=True)
+    assert not list((export / "cells").rglob("*.pt"))

@@ -295,9 +295,17 @@ REPORT_FILES = ("table.md", "table.csv", "table.json", "sweep.md", "sweep.csv", 
 CELL_FILES = ("config.yaml", "log.csv", "training_curves.png", "test/metrics_per_case.csv")
 
 
-def export_results(out: Path, cells: list[Cell], dest: Path) -> list[Path]:
-    """Copy the small outputs (no checkpoints, no predictions) to ``dest``, e.g. to commit them with the docs."""
+#: what ``export(checkpoints=True)`` adds for a cell still training, so ``--resume-from`` can continue it
+PARTIAL_FILES = ("train.log", "checkpoint_latest.pt", "checkpoint_best.pt")
+
+
+def export_results(out: Path, cells: list[Cell], dest: Path, checkpoints: bool = False) -> list[Path]:
+    """Copy the small outputs (no checkpoints, no predictions) to ``dest``, e.g. to commit them with the docs;
+    ``checkpoints``: also the checkpoints of the cells that have not finished (none of the finished ones), so
+    a machine that loses the benchmark folder resumes them from ``dest`` rather than from scratch."""
     import shutil
+
+    from maskgen.benchmark.cells import PARTIAL, cell_status
 
     dest = Path(dest)
     copied = []
@@ -307,7 +315,12 @@ def export_results(out: Path, cells: list[Cell], dest: Path) -> list[Path]:
             dest.mkdir(parents=True, exist_ok=True)
             copied.append(Path(shutil.copy2(out / name, dest / name)))
     for c in cells:
-        for name in CELL_FILES:
+        partial = checkpoints and cell_status(c) == PARTIAL
+        stale = dest / "cells" / c.cell_id
+        for name in PARTIAL_FILES if not partial else ():  # a cell finished since the last export
+            if (stale / name).is_file():
+                (stale / name).unlink()
+        for name in CELL_FILES + (PARTIAL_FILES if partial else ()):
             src = c.run_dir / name
             if src.is_file():
                 target = dest / "cells" / c.cell_id / name

@@ -70,19 +70,22 @@ def select_cells(cells: list[Cell], only: Sequence[str]) -> list[Cell]:
 def run_benchmark(config: str | Path, out: str | Path, jobs: int = 1, devices: Sequence[str] = ("cpu",),
                   threads: int | None = None, executor: str = "local", report_only: bool = False,
                   progress: bool = True, export: str | Path | None = None,
-                  resume_from: str | Path | None = None, only: Sequence[str] = ()) -> dict[str, Any]:
+                  resume_from: str | Path | None = None, only: Sequence[str] = (),
+                  export_checkpoints: bool = False) -> dict[str, Any]:
     """Run (or continue) the benchmark of ``config`` in ``out`` and write its report; returns the report.
 
     ``resume_from``: a folder written by ``export``; its finished cells with the config's settings count as
     done (carry_over.py), for a machine that lost the benchmark folder. ``only``: shell patterns over cell
     ids (``phantom/maskgen/mask_rate=0.25/seed0``, ``*/erm/*``); only matching cells train this time, the
-    report still covers every finished cell."""
+    report still covers every finished cell. ``export_checkpoints``: the export also holds the checkpoints of
+    unfinished cells, so ``resume_from`` continues them."""
     if executor not in EXECUTORS:
         raise ValueError(f"--executor must be one of {EXECUTORS}, not {executor!r}")
     cfg = load_benchmark_config(config)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    args = (cfg, out, jobs, devices, threads, executor, report_only, progress, export, resume_from, tuple(only))
+    args = (cfg, out, jobs, devices, threads, executor, report_only, progress, export, resume_from, tuple(only),
+            export_checkpoints)
     if report_only and resume_from is None:  # trains nothing: it may report while a runner trains in the folder
         return _run(*args)
     with open(out / ".benchmark.lock", "w") as lock:
@@ -95,14 +98,16 @@ def run_benchmark(config: str | Path, out: str | Path, jobs: int = 1, devices: S
 
 def _run(cfg, out: Path, jobs: int, devices: Sequence[str], threads: int | None, executor: str,
          report_only: bool, progress: bool, export: str | Path | None = None,
-         resume_from: str | Path | None = None, only: tuple[str, ...] = ()) -> dict[str, Any]:
+         resume_from: str | Path | None = None, only: tuple[str, ...] = (),
+         export_checkpoints: bool = False) -> dict[str, Any]:
     t0 = time.time()
     cells = expand_cells(cfg, out)
     selected = select_cells(cells, only)
     prepare_datasets(cfg, out, progress=progress)
     if resume_from is not None:
         outcome = carry_over(cells, resume_from)
-        lines = [f"carried over from {resume_from}: {len(outcome['carried'])} finished cell(s); "
+        lines = [f"carried over from {resume_from}: {len(outcome['carried'])} finished cell(s), "
+                 f"{len(outcome['resumed'])} unfinished with checkpoints (resumed); "
                  f"{len(outcome['kept'])} already here kept"] + [f"  not carried: {s}" for s in outcome["skipped"]]
         for line in lines:
             log.info(line)
@@ -154,7 +159,7 @@ def _run(cfg, out: Path, jobs: int, devices: Sequence[str], threads: int | None,
                           wall_seconds=time.time() - t0)
     report["failures"] = failures
     if export is not None:
-        export_results(out, cells, Path(export))
+        export_results(out, cells, Path(export), checkpoints=export_checkpoints)
     if failures:
         lines = "\n".join(f"  {k}: {v} (log: {cell_log_path(out, k)})" for k, v in failures.items())
         raise RuntimeError(f"{len(failures)} cell(s) failed; the report covers the others:\n{lines}")

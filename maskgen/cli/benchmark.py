@@ -27,6 +27,9 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
     p.add_argument("--export", default=None, metavar="DEST",
                    help="also copy the report and each cell's config.yaml, log.csv, curves and test scores (no "
                         "checkpoints, no predictions) to DEST, e.g. to commit them with your docs")
+    p.add_argument("--export-checkpoints", action="store_true",
+                   help="with --export: also the checkpoints of cells that have not finished (a few MB each for a "
+                        "CPU-sized network), so --resume-from continues them on another machine")
     p.add_argument("--resume-from", default=None, metavar="EXPORT",
                    help="a folder --export wrote (e.g. committed results): its finished cells with this config's "
                         "settings count as done here, so a machine that lost --out trains only the rest")
@@ -41,11 +44,14 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    if args.export_checkpoints and args.export is None:
+        print("maskgen benchmark: --export-checkpoints needs --export DEST")
+        return 1
     try:
         report = runner.run_benchmark(args.config, args.out, jobs=args.jobs, devices=devices, threads=args.threads,
                                       executor=args.executor, report_only=args.report_only, progress=args.progress,
                                       export=args.export, resume_from=args.resume_from,
-                                      only=args.only)
+                                      only=args.only, export_checkpoints=args.export_checkpoints)
     except (RuntimeError, FileNotFoundError, ValueError) as e:
         print(f"maskgen benchmark: {e}")
         return 1
