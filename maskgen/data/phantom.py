@@ -18,7 +18,6 @@ one more unseen contrast.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -27,9 +26,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter1d
-from scipy.spatial import cKDTree
 
 from maskgen.data.cases import SPLIT_FOLDERS
+from maskgen.data.phantom_shapes import (
+    Layout,
+    box_around,
+    expected_voxels,
+    smooth_noise,
+)
 from maskgen.data.splits import write_split_csv
 from maskgen.io import atomic_write, atomic_write_json, ensure_fresh_dir
 
@@ -90,211 +94,7 @@ _FOLDERS = SPLIT_FOLDERS
 _MIN_SHAPE = 32  # field of view in finest voxels; below it the small structures no longer fit
 
 
-# --------------------------------------------------------------------------- smooth random fields
-
-
-def _smooth_noise(
-    rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[float], cell_mm: float
-) -> np.ndarray:
-    """Zero-mean, unit-std random field, smooth on the scale ``cell_mm``.
-
-    Gaussian noise on a coarse control grid (spacing ~``cell_mm``, one extra point beyond each edge so
-    the borders are not damped) is interpolated with a separable Gaussian kernel: three small matrix
-    products, far cheaper than smoothing full-resolution noise or spline-zooming it.
-    """
-    mats = []
-    for n, s in zip(shape, spacing):
-        c = max(2, math.ceil(n * s / cell_mm)) + 3
-        h = (n - 1) * s / (c - 3) if n > 1 else 1.0  # control spacing in mm
-        ctrl = (np.arange(c) - 1) * h  # -h, 0, h, ..., extent + h
-        x = np.arange(n) * s
-        w = np.exp(-0.5 * ((x[:, None] - ctrl[None, :]) / h) ** 2)
-        mats.append((w / w.sum(1, keepdims=True)).astype(np.float32))
-    f = rng.standard_normal(tuple(m.shape[1] for m in mats)).astype(np.float32)
-    a0, a1, a2 = mats
-    f = (a0 @ f.reshape(f.shape[0], -1)).reshape(len(a0), *f.shape[1:])  # (n0, c1, c2)
-    f = np.matmul(a1, f) @ a2.T  # (n0, n1, c2) -> (n0, n1, n2)
-    f -= f.mean()
-    f /= f.std() + 1e-8
-    return np.ascontiguousarray(f, np.float32)
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """Uniformly random 3x3 rotation (QR of a Gaussian matrix with the sign fix)."""
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
-def _small_rotation(rng: np.random.Generator, max_angle: float) -> np.ndarray:
-    """Rotation by a random angle <= ``max_angle`` (rad) about a random axis (Rodrigues)."""
-    k = rng.standard_normal(3)
-    k /= np.linalg.norm(k)
-    a = rng.uniform(-max_angle, max_angle)
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(a) * kx + (1 - math.cos(a)) * kx @ kx
-
-
 # --------------------------------------------------------------------------- anatomy
-
-
-@dataclass
-class _Ellipsoids:
-    """Smooth union of ellipsoids ``|R_i (q - c_i)| / a_i < 1`` (one ellipsoid = a plain ellipsoid)."""
-
-    centres: np.ndarray  # (n, 3) mm
-    axes: np.ndarray  # (n, 3) mm
-    rots: np.ndarray  # (n, 3, 3)
-    k: float = 0.15  # smooth-min softness (normalised radius units)
-
-    @property
-    def bound(self) -> tuple[np.ndarray, float]:
-        """Centre and radius of a sphere that contains the shape (used for analytic non-overlap)."""
-        c = self.centres.mean(0)
-        slack = 1.0 + (self.k * math.log(len(self.centres)) if len(self.centres) > 1 else 0.0)
-        return c, float(
-            max(np.linalg.norm(ci - c) + slack * a.max() for ci, a in zip(self.centres, self.axes))
-        )
-
-    def inside(self, q: np.ndarray) -> np.ndarray:
-        """Membership of points ``q`` (3, N) in mm."""
-        r = []
-        for c, a, rot in zip(self.centres, self.axes, self.rots):
-            local = rot @ (q - c[:, None])
-            r.append(np.sqrt(np.sum((local / a[:, None]) ** 2, axis=0)))
-        if len(r) == 1:
-            return r[0] < 1.0
-        r = np.stack(r)
-        rmin = r.min(0)
-        smin = rmin - self.k * np.log(np.exp(-(r - rmin) / self.k).sum(0))
-        return smin < 1.0
-
-
-@dataclass
-class _Tube:
-    """Points within ``radius`` of a sampled centreline."""
-
-    points: np.ndarray  # (m, 3) mm
-    radius: float
-
-    @property
-    def bound(self) -> tuple[np.ndarray, float]:
-        c = self.points.mean(0)
-        return c, float(np.linalg.norm(self.points - c, axis=1).max() + self.radius)
-
-    def inside(self, q: np.ndarray) -> np.ndarray:
-        d, _ = cKDTree(self.points).query(q.T, distance_upper_bound=self.radius)
-        return d < self.radius
-
-
-class _Layout:
-    """Random body and object placement in reference (undeformed) coordinates, all analytic.
-
-    Objects are kept apart through bounding spheres; because every shape is later evaluated at the
-    same warped coordinates ``q = x + d(x)``, disjoint reference shapes stay disjoint after the warp.
-    """
-
-    def __init__(self, rng: np.random.Generator, half: np.ndarray, vox: float, scale: float = 1.0):
-        self.rng = rng
-        self.vox = vox
-        L = float(half.min())
-        self.L = L
-        self.S = scale * L  # object size unit; shrunk on retries so crowded (small) volumes still fit
-        self.body_c = rng.normal(0.0, 0.02 * L, 3)
-        self.body_a = half * rng.uniform(0.86, 0.93, 3)
-        self.body_r = _small_rotation(rng, 0.25)
-        self.t_fat = max(0.045 * L, 1.0 * vox)
-        self.t_csf = max(0.02 * L, 0.5 * vox)
-        # Rims vary by +-30 % (see _rasterise); objects must clear the thickest rim.
-        self.rim = 1.3 * (self.t_fat + self.t_csf)
-        self.gap = max(0.01 * L, 1.0 * vox)
-        self.placed: list[tuple[np.ndarray, float]] = []
-
-    def body_radius(self, p: np.ndarray) -> np.ndarray:
-        """Normalised ellipsoid radius of points ``p`` (..., 3): < 1 inside the body."""
-        local = (p - self.body_c) @ self.body_r.T
-        return np.sqrt(np.sum((local / self.body_a) ** 2, axis=-1))
-
-    def fits(self, c: np.ndarray, b: float) -> bool:
-        """Sphere (c, b) lies in the body interior (inside the rims) and clear of all placed objects."""
-        c = np.atleast_2d(c)
-        # r is Lipschitz with constant 1/min(a): clearance (1 - r) min(a) bounds the distance to the surface.
-        if np.any((1.0 - self.body_radius(c)) * self.body_a.min() < b + self.rim + self.gap):
-            return False
-        return all(np.all(np.linalg.norm(c - pc, axis=1) >= b + pb + self.gap) for pc, pb in self.placed)
-
-    def random_interior_point(self, b: float) -> np.ndarray:
-        """Uniform point in the body's reference ellipsoid shrunk to leave room for a sphere of radius b."""
-        u = self.rng.standard_normal(3)
-        u *= self.rng.uniform() ** (1 / 3) / np.linalg.norm(u)
-        scale = np.maximum(self.body_a - b - self.rim, 0.0)
-        return self.body_c + self.body_r.T @ (u * scale)
-
-    def place(self, make, tries: int = 200):
-        """Draw shapes from ``make()`` until one fits; register and return it (None if none fits)."""
-        for _ in range(tries):
-            shape = make()
-            c, b = shape.bound
-            pts = shape.points if isinstance(shape, _Tube) else c
-            rad = shape.radius if isinstance(shape, _Tube) else b
-            if self.fits(pts, rad):
-                self.placed.append((np.atleast_2d(pts), rad))
-                return shape
-        return None
-
-    # -- shape factories (sizes relative to L with voxel floors so tiny volumes still resolve them)
-
-    def organ(self) -> _Ellipsoids:
-        n = int(self.rng.integers(2, 4))
-        axes = self.S * self.rng.uniform([0.3, 0.22, 0.19], [0.36, 0.27, 0.23], (n, 3))
-        axes = np.maximum(axes, 2.5 * self.vox)
-        dirs = self.rng.standard_normal((n, 3))
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        offsets = dirs * self.S * self.rng.uniform(0.08, 0.12, (n, 1))
-        c = self.random_interior_point(0.45 * self.S)
-        return _Ellipsoids(c + offsets, axes, np.stack([_random_rotation(self.rng) for _ in range(n)]))
-
-    def ellipsoid(self) -> _Ellipsoids:
-        axes = self.S * self.rng.uniform([0.24, 0.18, 0.16], [0.29, 0.22, 0.19])
-        axes = np.maximum(axes, 2.0 * self.vox)
-        c = self.random_interior_point(axes.max())
-        return _Ellipsoids(c[None], axes[None], _random_rotation(self.rng)[None])
-
-    def nodule(self) -> _Ellipsoids:
-        rho = max(self.S * self.rng.uniform(0.13, 0.15), 2.2 * self.vox)
-        axes = rho * self.rng.uniform(0.88, 1.12, 3)
-        c = self.random_interior_point(axes.max())
-        return _Ellipsoids(c[None], axes[None], _random_rotation(self.rng)[None])
-
-    def vessel(self) -> _Tube:
-        """Smooth random curve: a chord bent by two random sinusoids perpendicular to it."""
-        radius = max(self.S * self.rng.uniform(0.075, 0.09), 1.2 * self.vox)
-        length = self.S * self.rng.uniform(0.45, 0.6)
-        u = self.rng.standard_normal(3)
-        u /= np.linalg.norm(u)
-        v1 = np.cross(u, self.rng.standard_normal(3))
-        v1 /= np.linalg.norm(v1)
-        v2 = np.cross(u, v1)
-        mid = self.random_interior_point(0.5 * length)
-        m = max(8, int(math.ceil(length / (0.25 * self.vox))))
-        t = np.linspace(0.0, 1.0, m)[:, None]
-        a1, a2 = self.S * self.rng.uniform(-0.15, 0.15, 2)
-        phase = self.rng.uniform(0, 2 * np.pi)
-        pts = (
-            mid
-            + (t - 0.5) * length * u
-            + a1 * np.sin(np.pi * t) * v1
-            + a2 * np.sin(2 * np.pi * t + phase) * v2
-        )
-        return _Tube(pts, radius)
-
-    def blob(self, scale: tuple[float, float, float]) -> _Ellipsoids:
-        axes = np.maximum(self.S * np.asarray(scale) * self.rng.uniform(0.8, 1.2, 3), 1.5 * self.vox)
-        c = self.random_interior_point(axes.max())
-        return _Ellipsoids(c[None], axes[None], _random_rotation(self.rng)[None])
-
 
 @dataclass
 class _Anatomy:
@@ -326,7 +126,7 @@ def _make_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacing
     vox = float(spacing.min())
     axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2) * np.float32(s) for n, s in zip(shape, spacing)]
     for attempt in range(30):
-        lay = _Layout(rng, half, vox, scale=max(0.6, 0.95**attempt))
+        lay = Layout(rng, half, vox, scale=max(0.6, 0.95**attempt))
         structures = [
             lay.place(lay.organ),
             lay.place(lay.ellipsoid),
@@ -347,17 +147,17 @@ def _make_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacing
         q = np.empty((3, *shape), np.float32)
         dmax = 0.0
         for i in range(3):
-            d = 0.03 * L * _smooth_noise(rng, shape, spacing, 0.8 * L)
-            d += 0.02 * L * _smooth_noise(rng, shape, spacing, 0.2 * L)
+            d = 0.03 * L * smooth_noise(rng, shape, spacing, 0.8 * L)
+            d += 0.02 * L * smooth_noise(rng, shape, spacing, 0.2 * L)
             dmax = max(dmax, float(np.abs(d).max()))
             q[i] = np.expand_dims(axes[i], [j for j in range(3) if j != i]) + d
-        tex = [_smooth_noise(rng, shape, spacing, cell * L) for cell in (0.25, 0.12, 0.12)]
+        tex = [smooth_noise(rng, shape, spacing, cell * L) for cell in (0.25, 0.12, 0.12)]
 
         background = [(ventricle, _T["csf"])] + [(m, _T["mimic"]) for m in mimics]
         tissue = _rasterise(lay, q, dmax, spacing, tex[0], background, structures)
         label = np.where(tissue >= _T["organ"], tissue - _T["organ"] + 1, 0).astype(np.uint8)
         counts = np.bincount(label.ravel(), minlength=5)[1:]
-        expected = np.array([_expected_voxels(s, float(np.prod(spacing))) for s in structures])
+        expected = np.array([expected_voxels(s, float(np.prod(spacing))) for s in structures])
         if np.all(counts >= np.maximum(4, 0.3 * expected)):
             anat = _tissue_maps(rng, tissue, label, tex)
             return anat if variant == "edges" else _texture_variant(rng, anat)
@@ -366,15 +166,8 @@ def _make_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacing
     )
 
 
-def _expected_voxels(shape: _Ellipsoids | _Tube, voxel_volume: float) -> float:
-    if isinstance(shape, _Tube):
-        length = np.linalg.norm(np.diff(shape.points, axis=0), axis=1).sum()
-        return math.pi * shape.radius**2 * length / voxel_volume
-    return 4 / 3 * math.pi * float(np.prod(shape.axes, axis=1).max()) / voxel_volume
-
-
 def _rasterise(
-    lay: _Layout,
+    lay: Layout,
     q: np.ndarray,
     dmax: float,
     spacing: np.ndarray,
@@ -395,29 +188,11 @@ def _rasterise(
     objects = [(o, t) for o, t in background if o is not None]
     objects += [(s, _T["organ"] + k) for k, s in enumerate(structures)]
     for obj, tid in objects:
-        sl = _box(obj, dmax, spacing, shape)
+        sl = box_around(obj, dmax, spacing, shape)
         sub = q[(slice(None), *sl)]
         mask = obj.inside(sub.reshape(3, -1)).reshape(sub.shape[1:])
         tissue[sl][mask] = tid
     return tissue
-
-
-def _box(obj: _Ellipsoids | _Tube, dmax: float, spacing: np.ndarray, shape) -> tuple[slice, ...]:
-    """Index box holding every voxel whose warped coordinate (grid point + displacement <= dmax) can hit ``obj``.
-
-    Evaluating shapes only there keeps rasterisation cheap; the grid is centred on the world origin.
-    """
-    if isinstance(obj, _Tube):
-        lo, hi = obj.points.min(0) - obj.radius, obj.points.max(0) + obj.radius
-    else:
-        c, b = obj.bound
-        lo, hi = c - b, c + b
-    sl = []
-    for i, n in enumerate(shape):
-        first = math.floor((lo[i] - dmax) / spacing[i] + (n - 1) / 2)
-        last = math.ceil((hi[i] + dmax) / spacing[i] + (n - 1) / 2)
-        sl.append(slice(min(max(first, 0), n), min(max(last + 1, 0), n)))
-    return tuple(sl)
 
 
 def _tissue_maps(
@@ -519,7 +294,7 @@ def _render(anat: _Anatomy, domain: str, rng: np.random.Generator, spacing: np.n
         return img.astype(np.float32)
     if deg.bias > 0:
         extent = float(np.min(np.asarray(shape) * spacing))
-        img = img * np.exp(np.float32(deg.bias) * _smooth_noise(rng, shape, spacing, 0.7 * extent))
+        img = img * np.exp(np.float32(deg.bias) * smooth_noise(rng, shape, spacing, 0.7 * extent))
     img = img * np.float32(rng.uniform(300.0, 3000.0))  # arbitrary scanner units
     sigma = np.float32(img[anat.tissue != _T["air"]].mean() / deg.noise * anat.noise_scale)
     re = img + sigma * rng.standard_normal(shape, np.float32)
