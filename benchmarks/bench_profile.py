@@ -69,7 +69,7 @@ def profile_method(method: str, args, data: Path, out: Path) -> dict:
                       spacing=[args.spacing] * 3, base_width=args.base_width, n_poolings=args.n_poolings,
                       lr=3e-3, num_workers=args.workers, device="cpu", val_every=10**9)
     tr = Trainer(cfg, progress=False)
-    tr._setup()  # data, extractor, method, optimizer: what run() builds before its loop
+    tr.setup()  # data, extractor, method, optimizer: what run() builds before its loop
     aug = build_augmentation(cfg.aug_prob, flips=cfg.flips)
     sampler = PatchSampler(tr.train_vols, cfg.patch_size, aug, fg_fraction=cfg.fg_fraction, seed=0)
     rng = __import__("numpy").random.default_rng(0)

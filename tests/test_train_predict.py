@@ -62,7 +62,7 @@ def test_overwrite_discards_old_checkpoints_before_training(tiny_dataset, tmp_pa
     train_and_test(_cfg(tiny_dataset, run, method="erm", steps=2), progress=False)
     assert (run / "checkpoint_best.pt").is_file() and (run / "test").is_dir()
     trainer = Trainer(_cfg(tiny_dataset, run, method="erm", steps=50, val_every=25), overwrite=True, progress=False)
-    trainer._setup()  # everything a new run does before its first step
+    trainer.setup()  # everything a new run does before its first step
     # an interruption now must not leave the old run's best checkpoint for predict to pick up
     assert not (run / "checkpoint_best.pt").exists() and not (run / "checkpoint_latest.pt").exists()
     assert not (run / "test").exists()

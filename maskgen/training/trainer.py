@@ -118,7 +118,9 @@ class Trainer:
         return saved
 
     # ------------------------------------------------------------------ setup
-    def _setup(self) -> None:
+    def setup(self) -> None:
+        """Build the data, extractor, method, optimizer and schedule (what ``run`` does before its loop); public
+        so a profiler or a notebook can step the same objects."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % (2**32))
@@ -260,7 +262,7 @@ class Trainer:
 
     # ------------------------------------------------------------------- train
     def run(self) -> dict[str, Any]:
-        self._setup()
+        self.setup()
         cfg = self.cfg
         if self.resume:
             self._restore()
