@@ -162,7 +162,8 @@ def _write_image(e: Entry, path: Path) -> bool:
     spans = True
     if e.clip is not None:
         lo, hi = e.clip
-        data = np.clip(data.astype(np.float32), lo, hi)
+        kind = data.dtype if np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize >= 2 else np.float32
+        data = np.clip(data, lo, hi).astype(kind)  # int16 CT stays int16: half the disk of float32
         spans = bool(data.min() <= lo and data.max() >= hi)
     out = nib.Nifti1Image(data, img.affine)
     atomic_write(path, lambda tmp: nib.save(out, str(tmp)))

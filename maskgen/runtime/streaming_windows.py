@@ -1,9 +1,9 @@
 """Gaussian-blended sliding windows that stream along one axis, so a large volume needs one window's depth of
 accumulator instead of the whole volume's logits.
 
-MONAI's ``sliding_window_inference`` keeps the blended logits of the whole volume and its RSS grows by about
-2x that size (``benchmarks/bench_sliding_memory.py``: 16 classes of 512 x 512 x 300 are 5 GB of logits, 10 GB
-of inferer). Here the windows are taken in order of their start along the longest axis (relative to the
+MONAI's ``sliding_window_inference`` keeps the blended logits of the whole volume in float32 (16 classes of
+512 x 512 x 300: 5 GB; its RSS grew 5.5 GB in ``benchmarks/bench_sliding_memory.py``), so what follows it
+(probabilities, their float16 copy) comes on top of that. Here the windows are taken in order of their start along the longest axis (relative to the
 window): before the windows starting at ``s`` run, no later window touches the slices below ``s``, so those
 slices are final: they are divided by their weight, turned into probabilities and handed out. The
 accumulator holds one window's depth along that axis. The windows, their Gaussian weights and the padding of
