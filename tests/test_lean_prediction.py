@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from maskgen.evaluation.testing import train_and_test
-from maskgen.inference.predict import Predictor, argmax_on_input_grid, to_input_grid
+from maskgen.inference.input_grid import argmax_on_input_grid, to_input_grid
+from maskgen.inference.predict import Predictor
 from maskgen.runtime.config import TrainConfig
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import SpatialResample
 from tqdm.auto import tqdm
 
 from maskgen.data.cases import channel_index
@@ -32,6 +31,7 @@ from maskgen.data.volumes import (
     volume_ending,
 )
 from maskgen.device import place_model, resolve_device
+from maskgen.inference.input_grid import argmax_on_input_grid, to_input_grid
 from maskgen.inference.tta import TTA
 from maskgen.io import OutputExistsError, atomic_write, atomic_write_json
 from maskgen.runtime.build import build_extractor_from_config, build_method_from_config
@@ -338,37 +338,6 @@ class Predictor:
             if created and out_dir.is_dir() and not any(out_dir.iterdir()):
                 out_dir.rmdir()  # a run that failed before its first mask leaves no empty folder
         return written
-
-
-def to_input_grid(values: torch.Tensor, affine, original) -> np.ndarray:
-    """(C, D, H, W) values on the preprocessed grid, resampled (linear) onto the input file's own grid."""
-    from monai.data import MetaTensor
-
-    shape = original.shape[:3]
-    if tuple(values.shape[1:]) == tuple(shape) and np.allclose(np.asarray(affine, float), original.affine, atol=1e-6):
-        # the same grid (a RAS input at the run's spacing): resampling is the identity, and costs a
-        # coordinate grid of 3 values per voxel (0.9 GB for 512 x 512 x 300)
-        return torch.as_tensor(values).float().clamp_min(0).numpy()
-    back = SpatialResample(mode="bilinear", padding_mode="border")(
-        MetaTensor(values, affine=affine), dst_affine=torch.as_tensor(original.affine, dtype=torch.float64),
-        spatial_size=tuple(shape),
-    )
-    return torch.as_tensor(back).float().clamp_min(0).numpy()
-
-
-def argmax_on_input_grid(probs: torch.Tensor, affine, original) -> np.ndarray:
-    """``to_input_grid(probs, ...).argmax(0)``, one class at a time: the same classes (ties go to the lower
-    class, as argmax's), with one class on the input grid in memory instead of all."""
-    best_value, best_class = None, None
-    for c in range(probs.shape[0]):
-        value = to_input_grid(probs[c:c + 1].float(), affine, original)[0]
-        if best_value is None:
-            best_value, best_class = value, np.zeros(value.shape, np.uint8 if probs.shape[0] <= 256 else np.int32)
-            continue
-        better = value > best_value
-        best_class[better] = c
-        np.maximum(best_value, value, out=best_value)
-    return best_class
 
 
 def write_mask(labels: np.ndarray, like, path: Path) -> Path:

@@ -28,7 +28,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from maskgen.inference.predict import case_name, to_input_grid
+from maskgen.inference.input_grid import to_input_grid
+from maskgen.inference.predict import case_name
 from maskgen.io import atomic_write, atomic_write_text
 from maskgen.metrics import dice_per_class
 
