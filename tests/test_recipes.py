@@ -195,3 +195,19 @@ def test_ct_images_of_mixed_datasets_are_windowed_when_converted_and_mri_is_copi
     assert s["ct_window"] == {"window_hu": [-1024.0, 1024.0], "clipped": 3, "not_spanning": ["amos_0003"]}
     assert any("1 of 3 clipped CT images do not reach both ends" in d for d in s["differences"])
     assert "clipped to [-1024, 1024] HU" in (out / "preset.yaml").read_text()
+
+
+def test_an_int16_ct_stays_int16_when_windowed(tmp_path):
+    src = tmp_path / "amos22"
+    for cid in (1, 2, 3, 501, 502):
+        d = ("imagesTr", "labelsTr") if cid % 2 else ("imagesVa", "labelsVa")
+        (src / d[0]).mkdir(parents=True, exist_ok=True)
+        data = np.linspace(-3000, 3000, 512).astype(np.int16).reshape(8, 8, 8)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(src / d[0] / f"amos_{cid:04d}.nii.gz"))
+        _vol(src / d[1] / f"amos_{cid:04d}.nii.gz", labels=(0, 1, 15))
+    out = tmp_path / "amos"
+    convert("amos", src, out, progress=False)
+    img = nib.load(out / "imagesTr" / "amos_0001_0000.nii.gz")
+    assert img.get_data_dtype() == np.int16
+    ct = np.asarray(img.dataobj)
+    assert ct.dtype == np.int16 and ct.min() == -1024 and ct.max() == 1024
