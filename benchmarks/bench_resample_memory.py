@@ -17,6 +17,7 @@ import argparse
 import json
 import resource
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ def main() -> None:
     else:
         source_shape = tuple(int(round(n * s / 1.5)) for n, s in zip(args.shape, spacing))
         source = np.diag([1.5, 1.5, 1.5, 1.0])
-    original = type("Grid", (), {"shape": tuple(args.shape), "affine": target})()  # only its grid is read
+    original = SimpleNamespace(shape=tuple(args.shape), affine=target)  # only its grid is read
     gen = torch.Generator().manual_seed(0)
     probs = torch.empty(args.classes, *source_shape, dtype=torch.float16)
     for c in range(args.classes):

@@ -1,7 +1,8 @@
 """Values on the preprocessed grid back onto the input file's own voxel grid, in bounded memory.
 
-MONAI's ``SpatialResample`` builds a coordinate grid for every output voxel at once (several float32 values
-per voxel: about 3 GB for one class of a 512 x 512 x 300 CT), so the input grid is filled in slabs along its
+MONAI's ``SpatialResample`` builds a coordinate grid for every output voxel at once (several values per
+voxel: the class-by-class argmax of a 512 x 512 x 300 CT with 16 classes peaked at 8.4 GB that way, 4.0 GB
+now; ``benchmarks/bench_resample_memory.py``), so the input grid is filled in slabs along its
 last axis, each slab resampled by MONAI with its own destination affine: the same formula per voxel, a
 coordinate grid one slab deep. Where the two grids differ only by axis flips or permutations and whole-voxel
 shifts (an LPS input at the run's spacing), bilinear interpolation samples voxel centres exactly, so the
@@ -15,7 +16,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 
-#: output voxels resampled at once (512 x 512 x 32): bounds the coordinate grid at about 0.4 GB
+#: output voxels resampled at once (512 x 512 x 32): the coordinate grid is one slab deep
 SLAB_VOXELS = 512 * 512 * 32
 
 
