@@ -51,7 +51,7 @@ def _bn_names(module):
 
 
 def test_registry_and_default_is_plain_sliding_window(runs):
-    assert {"none", "tent", "alpha", "sfb"} <= set(TTAS)
+    assert {"none", "tent", "alpha", "sfb", "recalibrate-bn"} <= set(TTAS)
     pred = Predictor(runs["erm"], device="cpu")
     img = _image(runs, pred)
     torch.testing.assert_close(pred.tta.predict_volume(pred, img), pred.window_probs(img))
@@ -188,3 +188,77 @@ def test_each_adaptation_declares_its_options_and_predict_help_is_made_from_them
             assert f"{tta_name}" in help_text
     with pytest.raises(ValueError, match="tta 'tent' does not use --tta-rounds"):
         build_tta("tent", rounds=2)
+
+
+def test_recalibrate_bn_re_estimates_only_batchnorm_statistics_as_a_cumulative_mean(runs):
+    from maskgen.inference.tta.base import batchnorm_layers
+
+    plain = Predictor(runs["erm"], device="cpu")
+    pred = Predictor(runs["erm"], device="cpu", tta=build_tta("recalibrate-bn", batches=3, seed=5))
+    before, after = _state(plain.method), _state(pred.method)
+    bns = _bn_names(pred.method)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.rsplit(".", 1)[0] in bns and k.endswith((".running_mean", ".running_var",
+                                                                      ".num_batches_tracked")) for k in changed)
+    assert not pred.method.training
+    assert all(bn.momentum == 0.1 for bn in batchnorm_layers(pred.method))  # restored after the cumulative pass
+    rep = pred.tta.report()
+    assert rep["patches"] == 3 * pred.cfg.batch_size and rep["train_cases"] and rep["batches"] == 3
+
+    # the first BatchNorm's running mean is the mean of its 3 batch means (cumulative average, not momentum)
+    from maskgen.inference.tta.base import validation_volumes
+    from maskgen.inference.tta.recalibrate import recalibrate_batchnorm
+
+    first = batchnorm_layers(plain.method)[0]
+    means = []
+    hook = first.register_forward_pre_hook(lambda m, a: means.append(a[0].mean(dim=(0, 2, 3, 4))))
+    vols = validation_volumes(plain, split="train")
+    for v in vols:
+        v["label"] = v["label"][None]
+    assert recalibrate_batchnorm(plain, vols, batches=3, seed=5) == 3 * plain.cfg.batch_size
+    hook.remove()
+    assert len(means) == 3
+    torch.testing.assert_close(first.running_mean, torch.stack(means).mean(0), atol=1e-5, rtol=1e-4)
+    assert int(first.num_batches_tracked) == 3
+    # same seed, same statistics as the adaptation computed
+    for k in changed:
+        torch.testing.assert_close(_state(plain.method)[k], after[k])
+    img = _image(runs, pred)
+    probs = pred.tta.predict_volume(pred, img)
+    torch.testing.assert_close(probs.sum(0), torch.ones_like(probs[0]), atol=1e-4, rtol=0)
+
+
+def test_recalibrate_bn_from_the_cli_and_its_bad_options(runs, tmp_path):
+    out = tmp_path / "pred"
+    assert main(["predict", "--run", str(runs["erm"]), "--input", str(runs["dataset"] / "imagesTs"),
+                 "--output", str(out), "--tta", "recalibrate-bn", "--recalibration-batches", "2"]) == 0
+    rep = json.loads((out / "tta.json").read_text())
+    assert rep["tta"] == "recalibrate-bn" and rep["batches"] == 2 and len(rep["train_cases"]) == 3
+    assert len(list(out.glob("*.nii.gz"))) == 2
+    with pytest.raises(ValueError, match="--recalibration-batches must be at least 1"):
+        build_tta("recalibrate-bn", batches=0)
+
+
+def test_analyze_adaptation_scores_each_run_plain_and_adapted(runs, tmp_path):
+    from maskgen.analysis.adaptation import adaptation
+    from maskgen.evaluation.testing import labelled_test_cases, score_cases
+
+    out = tmp_path / "adapt"
+    assert main(["analyze", "adaptation", str(runs["erm"]), "--out", str(out), "--tta", "recalibrate-bn",
+                 "--recalibration-batches", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    s = summary["erm"]
+    assert set(s["settings"]) == {"plain", "recalibrate-bn"} and s["train_domains"] == ["source"]
+    assert s["report"]["tta"] == "recalibrate-bn" and s["report"]["batches"] == 2
+    for by_domain in s["settings"].values():  # the fixture's test cases are all out of domain
+        assert "in-domain" not in by_domain and by_domain["out-of-domain"]["n"] == 2
+    plain = Predictor(runs["erm"], device="cpu")
+    ref = score_cases(plain, labelled_test_cases(plain.cfg, runs["erm"]), tmp_path / "ref", plain.cfg.label_names,
+                      compute_hd95=False, save_predictions=False, progress=False)
+    assert s["settings"]["plain"]["out-of-domain"]["mean"] == pytest.approx(ref["summary"]["overall"]["mean_dice"]["mean"])
+    rows = (out / "adaptation.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2 and (out / "adaptation.png").is_file() and (out / "adaptation.txt").is_file()
+    assert not (out / "scratch").exists()
+    with pytest.raises(ValueError, match="does not use --recalibration-batches"):
+        adaptation([runs["erm"]], tmp_path / "bad", "tent", {"batches": 2})
+    assert not (tmp_path / "bad").exists()

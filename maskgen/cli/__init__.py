@@ -184,9 +184,10 @@ def _config_from_file(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from maskgen.cli.tta_args import tta_from_args
     from maskgen.inference.predict import Predictor
 
-    tta = _tta_from_args(args)
+    tta = tta_from_args(args)
     from maskgen.runtime.sliding import DEFAULT_FEATURE_PASS
 
     pred = Predictor(args.run, checkpoint=args.checkpoint, device=args.device, feature_mask=args.mask, tta=tta,
@@ -250,33 +251,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_tta_args(p: argparse.ArgumentParser) -> None:
-    """``--tta NAME`` and one flag per option the adaptations declare (``TTA.OPTIONS``)."""
-    from maskgen.inference.tta import TTAS, tta_options
-
-    g = p.add_argument_group("test-time adaptation (sees the unlabelled test volume; MaskGen itself needs none)")
-    g.add_argument("--tta", default="none", choices=sorted(TTAS),
-                   help="; ".join(f"{n}: {c.SUMMARY}"
-                                  for n, c in sorted(TTAS.items()) if n != "none") + " (default none)")
-    for key, (flag, typ, uses) in tta_options().items():
-        said: dict[str, list[str]] = {}  # one text per distinct help, naming every adaptation that uses it
-        for n, h, d in uses:
-            said.setdefault(h + ("" if d is None else f" (default {d})"), []).append(n)
-        text = "; ".join(f"[{', '.join(names)}] {h}" for h, names in said.items())
-        g.add_argument(flag, dest=f"tta_opt_{key}", metavar=key.upper(), type=typ, default=None, help=text)
-
-
-def _tta_from_args(args: argparse.Namespace):
-    from maskgen.inference.tta import build_tta
-
-    options = {k[len("tta_opt_"):]: v for k, v in vars(args).items() if k.startswith("tta_opt_")}
-    return build_tta(args.tta, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from maskgen.cli.analyze import add_analyze_parser
     from maskgen.cli.benchmark import add_benchmark_parser
     from maskgen.cli.pretrain import add_pretrain_parser
+    from maskgen.cli.tta_args import add_tta_args
 
     p = argparse.ArgumentParser(prog="maskgen", description=__doc__)
     p.add_argument("--version", action="version", version=f"maskgen {__version__}")
@@ -348,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "channel masking trained the network for")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--overwrite", action="store_true")
-    _add_tta_args(pr)
+    add_tta_args(pr)
     pr.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", help="Dice and HD95 per case, class and domain")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maskgen.analysis.adaptation import __doc__ as ADAPTATION_DOC
 from maskgen.analysis.flatness import DEFAULT_SCALES as FLAT_SCALES
 from maskgen.analysis.flatness import __doc__ as FLATNESS_DOC
 from maskgen.analysis.robustness import DEFAULT_BIAS as ROBUST_BIAS
@@ -20,6 +21,7 @@ from maskgen.analysis.stability import (
 )
 from maskgen.analysis.stability import __doc__ as STABILITY_DOC
 from maskgen.analysis.views import __doc__ as VIEWS_DOC
+from maskgen.cli.tta_args import add_tta_args, tta_options_from_args
 
 
 def cmd_analyze_stability(args: argparse.Namespace) -> int:
@@ -83,6 +85,16 @@ def cmd_analyze_qc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze_adaptation(args: argparse.Namespace) -> int:
+    from maskgen.analysis.adaptation import adaptation
+
+    adaptation(args.runs, args.out, args.tta, tta_options_from_args(args), checkpoint=args.checkpoint, device=args.device,
+               overwrite=args.overwrite)
+    print((Path(args.out) / "adaptation.txt").read_text(), end="")
+    print(f"written to {args.out}")
+    return 0
+
+
 def _add_runs(p: argparse.ArgumentParser, runs_help: str, out_help: str) -> None:
     p.add_argument("runs", nargs="+", help=runs_help + " (or a maskgen benchmark folder: its selected cells)")
     p.add_argument("--out", required=True, help=out_help)
@@ -130,6 +142,12 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     gr.add_argument("--out", required=True, help="analysis folder (gradients.csv, summary.json, .txt, .png)")
     gr.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
     gr.set_defaults(func=cmd_analyze_gradients)
+    ad = asub.add_parser("adaptation", help="test Dice per domain without and with a test-time adaptation (--tta)",
+                         description=(ADAPTATION_DOC or "").split("\n\n")[0])
+    _add_runs(ad, "run folders written by maskgen train", "analysis folder (adaptation.csv, summary.json, .txt, .png)")
+    add_tta_args(ad, required=True)
+    _add_model_options(ad)
+    ad.set_defaults(func=cmd_analyze_adaptation)
     qc = asub.add_parser("qc", help="does predict --qc rank failing cases? Spearman with the true Dice on the test set",
                          description="The quality-check score and softmax entropy of each labelled test case of the "
                                      "run, and their Spearman correlation with its true Dice.")

@@ -112,6 +112,10 @@ register_tta("none")(TTA)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def batchnorm_layers(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 def log_probs(probs: torch.Tensor) -> torch.Tensor:
     """Log of (blended) probabilities, clamped so that a zero probability stays finite."""
     return torch.log(probs.clamp_min(EPS))
@@ -169,8 +173,9 @@ def mean_foreground_dice(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> f
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def validation_volumes(predictor: Segmenter) -> list[dict[str, Any]]:
-    """The run's validation cases, split exactly as training split them, preprocessed with the run's settings."""
+def validation_volumes(predictor: Segmenter, split: str = "val") -> list[dict[str, Any]]:
+    """The run's validation cases (or those of another ``split``: ``train``), split exactly as training split
+    them, preprocessed with the run's settings."""
     from maskgen.data.nnunet import load_dataset
     from maskgen.data.preprocess import load_case
 
@@ -180,9 +185,10 @@ def validation_volumes(predictor: Segmenter) -> list[dict[str, Any]]:
                                 "read for tuning")
     spec = load_dataset(cfg.dataset, splits_file=cfg.splits, train_subjects=cfg.train_subjects, seed=cfg.seed,
                         check=False)
-    cases = [c for c in spec.split("val") if c.label is not None]
+    cases = [c for c in spec.split(split) if c.label is not None]
     if not cases:
-        raise ValueError(f"{cfg.dataset}: the run has no labelled validation cases to tune on")
+        what = "validation cases to tune on" if split == "val" else f"{split} cases"
+        raise ValueError(f"{cfg.dataset}: the run has no labelled {what}")
     vols = []
     for c in cases:
         v = load_case(c.images, c.label, cfg.spacing, cfg.image_modalities(), cfg.class_values, cfg.ignore_value)

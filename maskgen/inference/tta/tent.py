@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from maskgen.inference.tta.base import (
     TTA,
     Restore,
     Segmenter,
     TTAOption,
+    batchnorm_layers,
     crop,
     entropy_map,
     model_logits,
@@ -36,10 +36,6 @@ from maskgen.inference.tta.base import (
     random_starts,
     register_tta,
 )
-
-
-def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 @register_tta("tent")
