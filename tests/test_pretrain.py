@@ -230,6 +230,28 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
     assert _rows(tmp_path / "ref" / "log.csv")[-1].split(",")[1] == _rows(tmp_path / "cut" / "log.csv")[-1].split(",")[1]
 
 
+def test_max_minutes_stops_cleanly_and_resume_finishes_the_same_run(tmp_path, capsys):
+    ref = Pretrainer(tmp_path / "ref", tiny_config(steps=3, checkpoint_every=100), progress=False)
+    ref.run()
+    out = tmp_path / "sliced"
+    res = Pretrainer(out, tiny_config(steps=3, checkpoint_every=100), progress=False, max_minutes=1e-9).run()
+    assert res["finished"] is False and res["steps"] == 1 and res["total_steps"] == 3
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["finished"] is False and cfg["steps_done"] == 1
+    assert torch.load(out / "checkpoint_latest.pt", weights_only=True)["step"] == 1
+    assert main(["pretrain-extractor", str(out), "--resume", "--no-progress", "--max-minutes", "1e-9"]) == 0
+    assert "stopped at step 2 of 3" in capsys.readouterr().out
+    assert main(["pretrain-extractor", str(out), "--resume", "--no-progress"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["finished"] is True and cfg["steps_done"] == 3 and cfg["resumes"] == 2
+    a = torch.load(tmp_path / "ref" / "extractor.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "extractor.pt", weights_only=True)["state_dict"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    with pytest.raises(ValueError, match="--max-minutes must be positive"):
+        Pretrainer(tmp_path / "bad", tiny_config(steps=3), max_minutes=0)
+
+
 # ------------------------------------------------------------------------------ maskgen-synth extractor
 def test_checkpoint_loads_as_a_frozen_extractor(tiny_run):
     assert {"maskgen-synth", "torchscript"} <= set(EXTRACTORS)

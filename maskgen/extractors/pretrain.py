@@ -216,8 +216,15 @@ class Pretrainer:
         overwrite: bool = False,
         progress: bool = True,
         given: Sequence[str] = (),
+        max_minutes: float | None = None,
     ):
-        """``given``: config fields set explicitly by the caller; on ``resume`` only steps and device may differ."""
+        """``given``: config fields set explicitly by the caller; on ``resume`` only steps and device may differ.
+        ``max_minutes``: stop this invocation cleanly (checkpoint written, run unfinished, ``--resume``
+        continues it) once its wall time passes this, so a long pretraining can go on in slices: in the
+        background across sessions on a CPU, or inside a GPU lease."""
+        if max_minutes is not None and not max_minutes > 0:
+            raise ValueError(f"--max-minutes must be positive, got {max_minutes}")
+        self.max_minutes = max_minutes
         self.out = Path(out_dir)
         self.progress = progress
         self.resume = resume
@@ -418,6 +425,9 @@ class Pretrainer:
                     saved_at = self.step
                 bar.update(1)
                 bar.set_postfix(loss=f"{ema:.3f}", val=f"{last_val:.3f}")
+                if (self.max_minutes is not None and self.step < cfg.steps
+                        and time.perf_counter() - t_start >= 60.0 * self.max_minutes):
+                    break
         except KeyboardInterrupt:
             if self.step > saved_at:  # keep the work done so far; --resume continues from here
                 self._save(self.wall_before + time.perf_counter() - t_start, last_loss, last_val, False)
@@ -426,12 +436,17 @@ class Pretrainer:
             bar.close()
             step_log.close()
         wall = self.wall_before + time.perf_counter() - t_start
+        finished = self.step >= cfg.steps
         if saved_at != self.step or not (self.out / "extractor.pt").exists():
-            self._save(wall, last_loss, last_val, True)
-        self._write_config(wall, last_loss, last_val, finished=True)
+            self._save(wall, last_loss, last_val, finished)
+        self._write_config(wall, last_loss, last_val, finished=finished)
         plot_loss_curve(log_path, self.out / "loss_curve.png")
-        return {"out": str(self.out), "steps": self.step, "loss": last_loss, "val_loss": last_val,
-                "wall_time_s": wall, "extractor": str(self.out / "extractor.pt")}
+        if not finished:
+            log.info("stopped after %.1f min at step %d of %d (--max-minutes); --resume continues the run",
+                     (time.perf_counter() - t_start) / 60.0, self.step, cfg.steps)
+        return {"out": str(self.out), "steps": self.step, "total_steps": cfg.steps, "finished": finished,
+                "loss": last_loss, "val_loss": last_val, "wall_time_s": wall,
+                "extractor": str(self.out / "extractor.pt")}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -489,8 +504,10 @@ def plot_loss_curve(log_csv: str | Path, path: str | Path) -> Path | None:
 
 
 def pretrain_extractor(out_dir: str | Path, cfg: PretrainConfig | None = None, resume: bool = False,
-                       overwrite: bool = False, progress: bool = True, given: Sequence[str] = ()) -> dict[str, Any]:
-    return Pretrainer(out_dir, cfg, resume=resume, overwrite=overwrite, progress=progress, given=given).run()
+                       overwrite: bool = False, progress: bool = True, given: Sequence[str] = (),
+                       max_minutes: float | None = None) -> dict[str, Any]:
+    return Pretrainer(out_dir, cfg, resume=resume, overwrite=overwrite, progress=progress, given=given,
+                      max_minutes=max_minutes).run()
 
 
 # ------------------------------------------------------------------------------------------------- CLI
