@@ -56,9 +56,9 @@ QUICK = DemoSettings(shape=(32, 32, 32), spacing=(4.0, 4.0, 4.0), n_train=4, n_v
 def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, device: str = "auto",
              seeds: list[int] | None = None, settings: DemoSettings | None = None, progress: bool = True,
              steps: int | None = None, val_every: int | None = None, mask_rate: float | None = None,
-             base_width: int | None = None) -> dict:
-    """Train, test and tabulate every arm of ``settings``; ``steps``/``val_every``/``mask_rate``/``base_width`` override the
-    preset (the 20-minute default does not converge on 2 CPU cores: README, "Converged")."""
+             base_width: int | None = None, patch_size: list[int] | tuple[int, ...] | None = None) -> dict:
+    """Train, test and tabulate every arm of ``settings``; ``steps``/``val_every``/``mask_rate``/``base_width``/
+    ``patch_size`` override the preset (the 20-minute default does not converge on 2 CPU cores: README, "Converged")."""
     from maskgen.data.nnunet import load_dataset
     from maskgen.data.phantom import generate_phantom
     from maskgen.evaluation.testing import score_cases
@@ -82,6 +82,11 @@ def run_demo(out: str | Path, quick: bool = False, overwrite: bool = False, devi
         if base_width < 1:
             raise ValueError(f"--base-width must be a positive number of channels, got {base_width}")
         s.base_width = base_width
+    if patch_size is not None:
+        m = 2**s.n_poolings
+        if len(patch_size) != 3 or any(int(p) < m or int(p) % m for p in patch_size):
+            raise ValueError(f"--patch-size must be three multiples of {m} (2**poolings), got {list(patch_size)}")
+        s.patch_size = tuple(int(p) for p in patch_size)
     if mask_rate is not None:
         if not 0.0 <= mask_rate < 1.0:
             raise ValueError(f"--mask-rate must lie in [0, 1), got {mask_rate}")

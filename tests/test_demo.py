@@ -56,17 +56,19 @@ def test_demo_budget_and_mask_rate_overrides_reach_every_run(tmp_path):
 
     before = (FULL.steps, FULL.val_every, dict(FULL.arms), FULL.seeds)
     out = tmp_path / "demo"
-    run_demo(out, settings=_tiny(), device="cpu", progress=False, steps=4, val_every=2, mask_rate=0.25, seeds=[1])
+    run_demo(out, settings=_tiny(), device="cpu", progress=False, steps=4, val_every=2, mask_rate=0.25, seeds=[1],
+             patch_size=[8, 8, 8])
     erm = TrainConfig.load(out / "runs" / "erm_seed1" / "config.yaml")
     mg = TrainConfig.load(out / "runs" / "maskgen_seed1" / "config.yaml")
     assert (erm.steps, erm.val_every, mg.steps, mg.val_every) == (4, 2, 4, 2)
     assert mg.hparams["mask_rate"] == 0.25 and "mask_rate" not in erm.hparams
+    assert list(erm.patch_size) == list(mg.patch_size) == [8, 8, 8]
     assert json.loads((out / "demo.json").read_text())["settings"]["steps"] == 4
     assert (FULL.steps, FULL.val_every, dict(FULL.arms), FULL.seeds) == before  # the preset is not mutated
 
 
 @pytest.mark.parametrize("kw, msg", [({"steps": 0}, "--steps"), ({"val_every": -1}, "--val-every"),
-                                     ({"mask_rate": 1.0}, "--mask-rate")])
+                                     ({"mask_rate": 1.0}, "--mask-rate"), ({"patch_size": [10, 8, 8]}, "--patch-size")])
 def test_demo_rejects_bad_budgets_before_writing(tmp_path, kw, msg):
     out = tmp_path / "demo"
     with pytest.raises(ValueError, match=msg):

@@ -247,7 +247,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from maskgen.demo import run_demo
 
     run_demo(args.out, quick=args.quick, overwrite=args.overwrite, device=args.device, seeds=args.seeds,
-             steps=args.steps, val_every=args.val_every, mask_rate=args.mask_rate, base_width=args.base_width)
+             steps=args.steps, val_every=args.val_every, mask_rate=args.mask_rate, base_width=args.base_width,
+             patch_size=args.patch_size)
     return 0
 
 
@@ -383,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MaskGen's masking rate p (default 0.5; the paper tunes it from 0.25, 0.5, 0.75)")
     de.add_argument("--base-width", type=int, default=None,
                     help="UNet base width of both arms (default 16; the benchmark's phantom_cpu.yaml uses 8)")
+    de.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
+                    help="training crop of both arms (default 32 32 32; multiples of 2**poolings = 8)")
     de.add_argument("--device", default="auto")
     de.add_argument("--overwrite", action="store_true")
     de.set_defaults(func=cmd_demo)
