@@ -262,3 +262,19 @@ def test_analyze_adaptation_scores_each_run_plain_and_adapted(runs, tmp_path):
     with pytest.raises(ValueError, match="does not use --recalibration-batches"):
         adaptation([runs["erm"]], tmp_path / "bad", "tent", {"batches": 2})
     assert not (tmp_path / "bad").exists()
+    import shutil
+
+    bare = tmp_path / "carried"  # a run without its checkpoint, as --resume-from carries a finished cell
+    shutil.copytree(runs["erm"], bare, ignore=shutil.ignore_patterns("checkpoint_*"))
+    with pytest.raises(FileNotFoundError, match=r"carried/checkpoint_best\.pt"):
+        adaptation([runs["erm"], bare], tmp_path / "bad", "recalibrate-bn")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_runs_of_the_same_folder_name_are_labelled_by_their_parents(tmp_path):
+    from maskgen.analysis.runs import resolve_runs
+
+    a, b = tmp_path / "mask_rate=0.25" / "seed0", tmp_path / "mask_rate=0.5" / "seed0"
+    assert [label for label, _ in resolve_runs([a, b, tmp_path / "erm"])] == [
+        "mask_rate=0.25/seed0", "mask_rate=0.5/seed0", "erm"]
+    assert [label for label, _ in resolve_runs([a, a])] == ["0_seed0", "1_seed0"]

@@ -38,10 +38,11 @@ def adaptation(runs: Sequence[str | Path], out: str | Path, tta: str, tta_option
     """Mean test Dice (± SE over cases) per run, per domain and in/out of domain, plain and with ``tta``;
     writes adaptation.csv, summary.json (with the adaptation's own report), adaptation.txt and .png."""
     build_tta(tta, **(tta_options or {}))  # bad options fail before anything is written
+    resolved = resolve_runs(runs, checkpoint)  # bad runs fail before anything is written
     out = ensure_fresh_dir(out, overwrite, what="analysis folder")
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    for name, run in resolve_runs(runs):
+    for name, run in resolved:
         plain = Predictor(run, checkpoint=checkpoint, device=device)
         cfg = plain.cfg
         cases = labelled_test_cases(cfg, run)

@@ -45,10 +45,11 @@ def flatness(runs: Sequence[str | Path], out: str | Path, scales: Sequence[float
         raise ValueError(f"--draws must be at least 1, got {draws}")
     if any(s < 0 for s in scales):
         raise ValueError(f"noise scales must be >= 0, got {list(scales)}")
+    resolved = resolve_runs(runs, checkpoint)  # bad runs fail before anything is written
     out = ensure_fresh_dir(out, overwrite, what="analysis folder")
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    for name, run in resolve_runs(runs):
+    for name, run in resolved:
         pred = Predictor(run, checkpoint=checkpoint, device=device)
         cfg = pred.cfg
         cases = labelled_test_cases(cfg, run)

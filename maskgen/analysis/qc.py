@@ -42,10 +42,11 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 def qc_validation(runs: Sequence[str | Path], out: str | Path, n_random: int = DEFAULT_RANDOM_VIEWS,
                   checkpoint: str = "best", device: str = "auto", overwrite: bool = False,
                   progress: bool = True) -> dict[str, Any]:
+    resolved = resolve_runs(runs, checkpoint)  # bad runs fail before anything is written
     out = ensure_fresh_dir(out, overwrite, what="analysis folder")
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    for name, run in resolve_runs(runs):
+    for name, run in resolved:
         pred = Predictor(run, checkpoint=checkpoint, device=device)
         qc = QualityCheck(pred, n_random=n_random)
         cfg = pred.cfg

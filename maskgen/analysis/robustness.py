@@ -51,10 +51,11 @@ def robustness(runs: Sequence[str | Path], out: str | Path, gammas: Sequence[flo
                device: str = "auto", overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Mean test Dice per run, perturbation and level (± SE over cases); writes robustness.csv, summary.json,
     robustness.txt and robustness.png into ``out``."""
+    resolved = resolve_runs(runs, checkpoint)  # bad runs fail before anything is written
     out = ensure_fresh_dir(out, overwrite, what="analysis folder")
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    for name, run in resolve_runs(runs):
+    for name, run in resolved:
         pred = Predictor(run, checkpoint=checkpoint, device=device)
         cfg = pred.cfg
         cases = labelled_test_cases(cfg, run)

@@ -14,10 +14,11 @@ def point_tag(point: dict) -> str:
     return "+".join(f"{k}={point[k]}" for k in sorted(point)) or "default"
 
 
-def resolve_runs(paths: Sequence[str | Path]) -> list[tuple[str, Path]]:
+def resolve_runs(paths: Sequence[str | Path], checkpoint: str | None = None) -> list[tuple[str, Path]]:
     """(label, run folder) for each path. A ``maskgen benchmark`` folder (its ``table.json``) gives every seed of
     each method's selected grid point, labelled ``method`` (``_seedK`` with several seeds, ``dataset/`` first with
-    several datasets). Labels are unique: repeated folder names get their position as a prefix."""
+    several datasets). Labels are unique: repeated folder names get their parent folders as a prefix. With ``checkpoint``
+(best, latest), a run without that checkpoint is an error naming every such file, before any work."""
     found: list[tuple[str, Path]] = []
     for p in map(Path, paths):
         table = p / "table.json"
@@ -33,10 +34,30 @@ def resolve_runs(paths: Sequence[str | Path]) -> list[tuple[str, Path]]:
                     found.append((label + (f"_seed{seed}" if len(s["seeds"]) > 1 else ""), run))
         else:
             found.append((p.name, p))
+    if checkpoint is not None:  # every run is checked before an analysis spends minutes on the first
+        missing = [str(run / f"checkpoint_{checkpoint}.pt") for _, run in found
+                   if not (run / f"checkpoint_{checkpoint}.pt").is_file()]
+        if missing:
+            raise FileNotFoundError("checkpoint not found (a cell carried over by --resume-from has none; rerun "
+                                    "or pass a run that has it): " + ", ".join(missing))
     labels = [label for label, _ in found]
     if len(set(labels)) != len(labels):
-        found = [(f"{i}_{label}", run) for i, (label, run) in enumerate(found)]
+        found = _distinct_labels(found)
     return found
+
+
+def _distinct_labels(found: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """Run folders of the same name (``.../mask_rate=0.25/seed0`` and ``.../mask_rate=0.5/seed0``) are labelled
+    by as many trailing path parts as tell them apart; the position is the last resort."""
+    from collections import Counter
+
+    repeated = {label for label, n in Counter(label for label, _ in found).items() if n > 1}
+    paths = [run.resolve().parts for _, run in found]
+    for k in range(2, max(len(p) for p in paths) + 1):
+        labels = ["/".join(p[-k:]) if label in repeated else label for p, (label, _) in zip(paths, found)]
+        if len(set(labels)) == len(labels):
+            return [(label, run) for label, (_, run) in zip(labels, found)]
+    return [(f"{i}_{label}", run) for i, (label, run) in enumerate(found)]
 
 
 def write_rows_and_summary(out: Path, csv_name: str, rows: list[dict], summary: dict) -> None:

@@ -29,10 +29,11 @@ def view_dependence(runs: Sequence[str | Path], out: str | Path, checkpoint: str
                     overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Score every run's labelled test cases under each view; writes views.csv, summary.json, views.txt and
     views.png into ``out`` and returns the summary (run -> view -> domain -> mean Dice, SE, n)."""
+    resolved = resolve_runs(runs, checkpoint)  # bad runs fail before anything is written
     out = ensure_fresh_dir(out, overwrite, what="analysis folder")
     rows: list[dict[str, Any]] = []
     summary: dict[str, dict[str, Any]] = {}
-    for name, run in resolve_runs(runs):
+    for name, run in resolved:
         base = Predictor(run, checkpoint=checkpoint, device=device)
         cfg = base.cfg
         cases = labelled_test_cases(cfg, run)
