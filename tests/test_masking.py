@@ -76,3 +76,48 @@ def test_erm_reads_image_only_and_maskgen_reads_both():
     assert _method("maskgen").in_channels == 4
     with pytest.raises(ValueError, match="needs stable features"):
         _method("maskgen")(torch.rand(1, 1, 4, 4, 4), None)
+
+
+def test_source_unit_masks_the_image_and_the_features_each_as_a_whole():
+    torch.manual_seed(4)
+    x = _x(b=2000, c=13)
+    y = view_mask(x, 0.25, "rescale", groups=[1, 12])
+    masked = (y == 0).flatten(2).all(-1)
+    feats = masked[:, 1:]
+    assert torch.equal(feats.all(1), feats.any(1))  # the 12 feature channels go together
+    image_only = (~masked[:, 0] & feats[:, 0]).float().mean().item()
+    features_only = (masked[:, 0] & ~feats[:, 0]).float().mean().item()
+    assert abs(image_only - 0.1875) < 0.03 and abs(features_only - 0.1875) < 0.03  # p (1 - p) each
+    assert abs((masked[:, 0] & feats[:, 0]).float().mean().item() - 0.0625) < 0.02  # both: p^2
+    kept = ~masked
+    assert torch.allclose(y[kept], x[kept] / 0.75)
+    # per channel, the image-only view (every feature masked) almost never happens
+    per_channel = (view_mask(x, 0.25) == 0).flatten(2).all(-1)
+    assert (~per_channel[:, 0] & per_channel[:, 1:].all(1)).float().mean().item() < 0.005
+    with pytest.raises(ValueError, match="do not add up"):
+        view_mask(x, 0.25, groups=[1, 3])
+
+
+def test_maskgen_source_unit_in_training():
+    torch.manual_seed(5)
+    m = _method("maskgen", mask_rate=0.5, mask_unit="source")
+    seen = []
+    m.network.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    img, feats = torch.rand(64, 1, 4, 4, 4) + 0.5, torch.rand(64, 3, 4, 4, 4) + 0.5
+    m.training_loss(img, feats, torch.zeros(64, 1, 4, 4, 4, dtype=torch.long), lambda logits, t: logits.mean())
+    masked = (seen[-1] == 0).flatten(2).all(-1)
+    assert torch.equal(masked[:, 1:].all(1), masked[:, 1:].any(1)) and masked[:, 0].any() and masked[:, 1].any()
+    with pytest.raises(ValueError):
+        _method("maskgen", mask_unit="voxel")
+
+
+def test_a_run_saved_before_a_hyper_parameter_existed_matches_its_default():
+    from maskgen.runtime.config import TrainConfig
+
+    saved = TrainConfig(dataset="d", out="o", method="maskgen", hparams={"mask_rate": 0.25, "mask_mode": "rescale"})
+    same = TrainConfig(dataset="d", out="o", method="maskgen",
+                       hparams={"mask_rate": 0.25, "mask_mode": "rescale", "mask_unit": "channel"})
+    other = TrainConfig(dataset="d", out="o", method="maskgen",
+                        hparams={"mask_rate": 0.25, "mask_mode": "rescale", "mask_unit": "source"})
+    assert same.conflicts_with(saved) == []
+    assert other.conflicts_with(saved) == ["mask_unit: None -> 'source'"]

@@ -53,6 +53,9 @@ def method_hparams(name: str, overrides: dict[str, Any] | None = None) -> dict[s
                          f"(it declares: {declared})")
     for k, v in (overrides or {}).items():
         if k in hp and v is not None:
+            choices = cls.HPARAMS[k].choices
+            if choices is not None and v not in choices:
+                raise ValueError(f"method {name!r}: {k} must be one of {', '.join(map(str, choices))}, got {v!r}")
             hp[k] = v
     return hp
 

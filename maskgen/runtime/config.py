@@ -112,7 +112,10 @@ class TrainConfig:
                 continue
             new, old = getattr(self, name), getattr(saved, name)
             if name == "hparams":
+                defaults = _declared_defaults(self.method)
                 for key, value in (new or {}).items():
+                    if key not in (old or {}) and key in defaults and value == defaults[key]:
+                        continue  # saved before the method declared it: it trained with what is now the default
                     if value is not None and (old or {}).get(key) != value:
                         problems.append(f"{key}: {(old or {}).get(key)!r} -> {value!r}")
                 continue
@@ -174,3 +177,13 @@ def load_preset(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: preset keys {unknown} are not training settings (known: {', '.join(PRESET_KEYS)})")
     return data
+
+
+def _declared_defaults(method: str) -> dict[str, Any]:
+    """The method's declared hyper-parameter defaults (none for a name no method registers)."""
+    from maskgen.methods import METHODS
+
+    try:
+        return {k: h.default for k, h in METHODS.lookup(method).HPARAMS.items()}
+    except (KeyError, ValueError):
+        return {}
