@@ -196,6 +196,8 @@ def test_qc_agreement_and_views_and_the_validation_analysis(runs, tmp_path):
     assert len(views) == 20 and all(float(v.sum()) > 0 for v in views)
     assert {float(x) for v in views for x in v} <= {0.0, 2.0}
     assert all(torch_equal(v, w) for v, w in zip(views, random_views(5, 20, 0.5, "rescale", seed=0)))
+    by_source = random_views(5, 20, 0.5, "zero", seed=0, groups=[1, 4])  # --mask-unit source: all features or none
+    assert all(len({float(x) for x in v[1:]}) == 1 and float(v.sum()) > 0 for v in by_source)
     out = tmp_path / "qcval"
     assert main(["analyze", "qc", str(runs["maskgen"]), "--out", str(out), "--random-views", "1"]) == 0
     for name in ("qc_validation.csv", "summary.json", "qc.txt", "qc.png"):

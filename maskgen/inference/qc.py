@@ -53,13 +53,16 @@ def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
     return h / math.log(c) if c > 1 else torch.zeros_like(h)
 
 
-def random_views(n_channels: int, n: int, rate: float, mode: str, seed: int) -> list[torch.Tensor]:
-    """``n`` seeded channel masks as training draws them (each channel kept with probability 1 - rate,
-    kept ones scaled by 1/(1 - rate) in ``rescale`` mode); a draw that masks every channel is redrawn."""
+def random_views(n_channels: int, n: int, rate: float, mode: str, seed: int,
+                 groups: list[int] | None = None) -> list[torch.Tensor]:
+    """``n`` seeded channel masks as training draws them (each channel, or each block of ``groups`` channels
+    for ``--mask-unit source``, kept with probability 1 - rate, kept ones scaled by 1/(1 - rate) in
+    ``rescale`` mode); a draw that masks every channel is redrawn."""
     gen = torch.Generator().manual_seed(seed)
+    sizes = torch.tensor(groups if groups else [1] * n_channels)
     views = []
     while len(views) < n:
-        keep = torch.rand(n_channels, generator=gen).ge(rate).float()
+        keep = torch.rand(len(sizes), generator=gen).ge(rate).float().repeat_interleave(sizes)
         if keep.sum() == 0:
             continue
         views.append(keep / (1.0 - rate) if mode == "rescale" else keep)
@@ -78,10 +81,12 @@ class QualityCheck:
         hp = predictor.cfg.hparams or {}
         rate = float(hp.get("mask_rate", 0.5))
         mode = str(hp.get("mask_mode", "rescale"))
-        n_channels = len(predictor.cfg.image_modalities()) + int(predictor.cfg.feature_channels
-                                                                 or predictor.extractor.out_channels)
+        n_image = len(predictor.cfg.image_modalities())
+        n_channels = n_image + int(predictor.cfg.feature_channels or predictor.extractor.out_channels)
+        groups = [n_image, n_channels - n_image] if hp.get("mask_unit") == "source" else None
         self.views: list[tuple[str, Any]] = [("image masked", "image"), ("features masked", "features")]
-        self.views += [(f"random {k + 1}", v) for k, v in enumerate(random_views(n_channels, n_random, rate, mode, seed))]
+        self.views += [(f"random {k + 1}", v)
+                       for k, v in enumerate(random_views(n_channels, n_random, rate, mode, seed, groups))]
         self.threshold, self.maps = float(threshold), bool(maps)
         self.rows: list[dict[str, Any]] = []
 
