@@ -8,6 +8,7 @@ real scans. This adaptation answers it without retraining: once, before any test
 layer's statistics are reset and re-estimated (cumulative average, no gradients, no weight changes) over
 ``batches`` batches of the run's training patches, drawn as training draws them (its patch and batch size,
 its foreground oversampling, no augmentation) but never masked; the volumes are then predicted in eval mode.
+The training volumes are held in memory while the patches are drawn, as training holds them.
 No test data are used, so it is a source-side correction (like precise BN), not an adaptation to the test
 domain; it sits with the adaptations because it changes the model once, before prediction.
 """
