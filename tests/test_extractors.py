@@ -30,6 +30,50 @@ def test_mind_shape_normalisation_and_frozen():
     assert not f.requires_grad
 
 
+def _mind_ssc_plainly(img, radius=2, dilation=2):
+    """MIND-SSC written the obvious way (avg_pool3d box filter, concatenated pairs, reordered at the end), as
+    maskgen computed it before the in-place version: the fast one must give the same numbers."""
+    import torch.nn.functional as F
+
+    from maskgen.extractors.mind import _pairs
+
+    def box(x):
+        for axis in range(3):
+            pad = [0] * 6
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+            ks = [1, 1, 1]
+            ks[axis] = 2 * radius + 1
+            x = F.avg_pool3d(F.pad(x, pad, mode="replicate"), tuple(ks), stride=1)
+        return x
+
+    shift1, shift2 = _pairs()
+    d, size = dilation, img.shape[2:]
+    padded = F.pad(img, [d] * 6, mode="replicate")
+
+    def view(s):
+        o = [int(v) * d for v in s]
+        return padded[:, :, o[0] : o[0] + size[0], o[1] : o[1] + size[1], o[2] : o[2] + size[2]]
+
+    ssd = box(torch.cat([view(a) - view(b) for a, b in zip(shift1, shift2)], dim=1) ** 2)
+    mind = ssd - ssd.min(dim=1, keepdim=True).values
+    var = mind.mean(dim=1, keepdim=True)
+    mean_var = var.mean(dim=(1, 2, 3, 4), keepdim=True)
+    var = torch.maximum(torch.minimum(var, mean_var * 1000), mean_var * 0.001)
+    return torch.exp(-mind / (var + 1e-12))[:, [6, 8, 1, 11, 2, 10, 0, 7, 9, 4, 5, 3]]
+
+
+def test_fast_mind_ssc_gives_the_plain_implementations_numbers():
+    from maskgen.extractors.mind import mind_ssc
+
+    x = torch.cat([_volume(0), _volume(1, (24, 20, 28)) * 3.0])
+    before = x.clone()
+    for radius, dilation in ((2, 2), (1, 1), (2, 3)):
+        fast, plain = mind_ssc(x, radius, dilation), _mind_ssc_plainly(x, radius, dilation)
+        assert fast.shape == plain.shape == (2, 12, 24, 20, 28)
+        assert torch.allclose(fast, plain, atol=1e-6, rtol=1e-5)
+    assert torch.equal(x, before)  # the in-place steps never write into the input
+
+
 def test_mind_is_contrast_invariant_where_intensities_are_not():
     ext = build_extractor("mind")
     x = _volume()
@@ -39,6 +83,22 @@ def test_mind_is_contrast_invariant_where_intensities_are_not():
     assert torch.allclose(f, ext(inverted), atol=1e-4)
     assert torch.allclose(f, ext(rescaled), atol=1e-3)
     assert not torch.allclose(instance_normalize(x), instance_normalize(inverted), atol=0.5)
+
+
+def test_multiscale_mind_stacks_three_spacings_and_stays_contrast_invariant():
+    from maskgen.extractors.mind import mind_ssc
+
+    ext = build_extractor("mind-ms")
+    x = _volume()
+    f = ext(x)
+    assert ext.out_channels == 36 and f.shape == (1, 36, 24, 20, 28)
+    raw = ext(x, normalize=False)
+    for k, d in enumerate((1, 2, 4)):
+        assert torch.allclose(raw[:, 12 * k : 12 * (k + 1)], mind_ssc(x, 2, d), atol=1e-6)
+    assert not torch.allclose(raw[:, :12], raw[:, 24:], atol=1e-2)  # the scales see different structure
+    assert torch.allclose(f, ext(1.0 - x), atol=1e-3)  # float rounding of the finest scale: 2.4e-4
+    with pytest.raises(ValueError, match="dilations must be positive"):
+        build_extractor("mind-ms", dilations=(0, 2))
 
 
 def test_padding_to_the_extractor_constraints_and_crop_back():

@@ -101,6 +101,16 @@ def test_report_api_and_skipped_extractor(capsys):
         stability_report(extractors=["anatomix"], subjects=1, shape=(32, 32, 32), domains=["T2w"])
 
 
+def test_the_texture_variant_is_scored_on_its_own_images():
+    kw = dict(extractors=["mind"], subjects=1, shape=(32, 32, 32), domains=["T2w"], gammas=[2.0], n_voxels=2000)
+    edges, texture = stability_report(**kw), stability_report(variant="texture", **kw)
+    assert edges["summary"]["source"]["variant"] == "edges" and texture["summary"]["source"]["variant"] == "texture"
+    cka = [r["cka"] for rep in (edges, texture) for r in rep["domains"] if r["extractor"] == "mind"]
+    assert abs(cka[0] - cka[1]) > 1e-3  # other images, other features
+    with pytest.raises(ValueError, match="variant"):
+        stability_report(variant="stripes", **kw)
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_writes_report_and_refuses_overwrite(tmp_path, capsys):
     out = tmp_path / "stab"

@@ -122,7 +122,7 @@ class _Subject:
 
 
 def _phantom_subjects(
-    n: int, shape: Sequence[int], spacing: Sequence[float], domains: Sequence[str], seed: int
+    n: int, shape: Sequence[int], spacing: Sequence[float], domains: Sequence[str], seed: int, variant: str = "edges"
 ) -> list[_Subject]:
     from maskgen.data.phantom import _check_domains, _check_geometry, render_subject
 
@@ -133,7 +133,7 @@ def _phantom_subjects(
 
     def loader(k: int) -> Callable[[], dict[str, np.ndarray]]:
         # Subject k = generate_phantom's subject k for the same seed, shape and spacing.
-        return lambda: render_subject(np.random.default_rng([int(seed), k]), shape, spacing_arr, domains)[1]
+        return lambda: render_subject(np.random.default_rng([int(seed), k]), shape, spacing_arr, domains, variant)[1]
 
     return [_Subject(f"s{k:03d}", tuple(domains), loader(k)) for k in range(n)]
 
@@ -295,6 +295,7 @@ def stability_report(
     subjects: int = 3,
     shape: Sequence[int] = (64, 64, 64),
     spacing: Sequence[float] = (1.5, 1.5, 1.5),
+    variant: str = "edges",
     domains: Sequence[str] | None = None,
     reference: str | None = None,
     gammas: Sequence[float] = DEFAULT_GAMMAS,
@@ -309,7 +310,8 @@ def stability_report(
 
     Subjects come from ``pairs`` (a CSV path with columns ``subject,domain,image``, or an in-memory
     ``{subject: {domain: 3D array}}``) or, when it is None, from ``subjects`` phantom subjects
-    (:func:`maskgen.data.phantom.render_subject`; ``shape``, ``spacing``, ``domains``, default all five).
+    (:func:`maskgen.data.phantom.render_subject`; ``shape``, ``spacing``, ``variant``, ``domains``, default
+    all five).
     ``reference`` (default T1w for the phantom, else the first domain listed) is compared with every other
     domain, and its image is the one perturbed by each gamma. ``extractor_kwargs[name]`` is passed to
     ``build_extractor`` (e.g. ``{"anatomix": {"weights": path}}``); an extractor that cannot be built is
@@ -334,10 +336,10 @@ def stability_report(
         reference = reference or "T1w"
         if reference not in domains:
             domains.insert(0, reference)
-        subject_list = _phantom_subjects(subjects, shape, spacing, domains, seed)
+        subject_list = _phantom_subjects(subjects, shape, spacing, domains, seed, variant)
         source: dict[str, Any] = {
             "kind": "phantom", "subjects": int(subjects), "shape": [int(s) for s in shape],
-            "spacing": [float(s) for s in spacing], "seed": int(seed),
+            "spacing": [float(s) for s in spacing], "seed": int(seed), "variant": variant,
         }  # fmt: skip
     elif isinstance(pairs, Mapping):
         subject_list = _array_subjects(pairs)

@@ -22,13 +22,14 @@ from maskgen.analysis.stability import (
 from maskgen.analysis.stability import __doc__ as STABILITY_DOC
 from maskgen.analysis.views import __doc__ as VIEWS_DOC
 from maskgen.cli.tta_args import add_tta_args, tta_options_from_args
+from maskgen.data.phantom import VARIANTS as PHANTOM_VARIANTS
 
 
 def cmd_analyze_stability(args: argparse.Namespace) -> int:
     kwargs = parse_weights(args.extractor_weights or [])
     report = stability_report(
         out=args.out, extractors=args.extractors, extractor_kwargs=kwargs, pairs=args.pairs,
-        subjects=args.subjects, shape=args.shape, spacing=args.spacing, domains=args.domains,
+        subjects=args.subjects, shape=args.shape, spacing=args.spacing, variant=args.variant, domains=args.domains,
         reference=args.reference, gammas=args.gammas, n_voxels=args.voxels, mask=args.mask, seed=args.seed,
         device=args.device, overwrite=args.overwrite, verbose=True,
     )  # fmt: skip
@@ -172,6 +173,8 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                     help="phantom volume shape (default 64 64 64)")
     st.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], metavar=("X", "Y", "Z"),
                     help="phantom voxel spacing in mm (default 1.5)")
+    st.add_argument("--variant", default="edges", choices=PHANTOM_VARIANTS,
+                    help="phantom variant (default edges; texture: issue 17's harder test, as maskgen phantom --variant)")
     st.add_argument("--domains", nargs="+", default=None,
                     help="domains to compare (phantom default: T1w T2w PDw FLAIR CT; with --pairs: all listed)")
     st.add_argument("--reference", default=None,

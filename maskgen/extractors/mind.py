@@ -26,15 +26,27 @@ def _pairs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _box3d(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Separable (2r+1)^3 mean filter with replicate borders."""
+    """Separable (2r+1)^3 mean filter with replicate borders.
+
+    Sums of shifted slices rather than ``avg_pool3d``: the same numbers, about 2x faster on CPU, where
+    avg_pool3d along one axis of a 12-channel volume was half of MIND-SSC's time (docs/benchmarks.md).
+    """
     k = 2 * radius + 1
     for axis in range(3):
+        dim = 2 + axis
         pad = [0] * 6
         pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-        ks = [1, 1, 1]
-        ks[axis] = k
-        x = F.avg_pool3d(F.pad(x, pad, mode="replicate"), tuple(ks), stride=1)
+        padded = F.pad(x, pad, mode="replicate")
+        n = x.shape[dim]
+        out = padded.narrow(dim, 0, n).clone()
+        for i in range(1, k):
+            out += padded.narrow(dim, i, n)
+        x = out.div_(k)
     return x
+
+
+#: the reference C++ implementation's channel order of the 12 pairs
+_ORDER = (6, 8, 1, 11, 2, 10, 0, 7, 9, 4, 5, 3)
 
 
 def mind_ssc(img: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.Tensor:
@@ -48,15 +60,17 @@ def mind_ssc(img: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.Ten
         o = [int(v) * d for v in s]
         return padded[:, :, o[0] : o[0] + size[0], o[1] : o[1] + size[1], o[2] : o[2] + size[2]]
 
-    diff = torch.cat([view(a) - view(b) for a, b in zip(shift1, shift2)], dim=1)
-    ssd = _box3d(diff**2, radius)
-    mind = ssd - ssd.min(dim=1, keepdim=True).values
+    # Channels in the reference order from the start (all later steps are per channel or symmetric over
+    # channels), written in place: no autograd here (extractors run under no_grad), less memory traffic.
+    diff = img.new_empty((img.shape[0], len(_ORDER), *size))
+    for c, j in enumerate(_ORDER):
+        torch.sub(view(shift1[j]), view(shift2[j]), out=diff[:, c : c + 1])
+    ssd = _box3d(diff.square_(), radius)
+    mind = ssd.sub_(ssd.min(dim=1, keepdim=True).values)
     var = mind.mean(dim=1, keepdim=True)
     mean_var = var.mean(dim=(1, 2, 3, 4), keepdim=True)
-    var = torch.maximum(torch.minimum(var, mean_var * 1000), mean_var * 0.001)
-    mind = torch.exp(-mind / (var + 1e-12))
-    order = torch.tensor([6, 8, 1, 11, 2, 10, 0, 7, 9, 4, 5, 3], device=img.device)  # reference C++ channel order
-    return mind[:, order]
+    var = torch.maximum(torch.minimum(var, mean_var * 1000), mean_var * 0.001).add_(1e-12)
+    return mind.div_(var).neg_().exp_()
 
 
 @register_extractor("mind")
@@ -72,3 +86,23 @@ class MindSSCExtractor(StableExtractor):
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         return mind_ssc(x[:, :1], self.radius, self.dilation)
+
+
+@register_extractor("mind-ms")
+class MultiScaleMindExtractor(StableExtractor):
+    """MIND-SSC at several neighbourhood spacings (default 1, 2 and 4 voxels: 36 channels), weight-free.
+
+    One scale describes local edges; textures and context at a few voxels' distance (what tells tissues
+    apart once their edges look alike) need the wider ones. Each scale is MIND-SSC as above, same box radius.
+    """
+
+    def __init__(self, radius: int = 2, dilations: tuple[int, ...] = (1, 2, 4)):
+        super().__init__()
+        if not dilations or any(int(d) < 1 for d in dilations):
+            raise ValueError(f"mind-ms: dilations must be positive integers, got {dilations}")
+        self.radius = radius
+        self.dilations = tuple(int(d) for d in dilations)
+        self.out_channels = 12 * len(self.dilations)
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([mind_ssc(x[:, :1], self.radius, d) for d in self.dilations], dim=1)
