@@ -111,6 +111,16 @@ def test_the_texture_variant_is_scored_on_its_own_images():
         stability_report(variant="stripes", **kw)
 
 
+def test_a_combination_of_extractors_is_scored_on_its_concatenated_features():
+    rep = stability_report(extractors=["mind", "mind+mind-ms"], subjects=1, shape=(32, 32, 32), domains=["T2w"],
+                           gammas=[2.0], n_voxels=2000)  # fmt: skip
+    assert rep["summary"]["extractors"] == [RAW_IMAGE, "mind", "mind+mind-ms"]
+    cka = {r["extractor"]: r["cka"] for r in rep["domains"]}
+    assert 0.0 < cka["mind+mind-ms"] <= 1.0 and cka["mind+mind-ms"] != cka["mind"]
+    with pytest.raises(ValueError, match="distinct extractors"):
+        stability_report(extractors=["mind+mind"], subjects=1, shape=(32, 32, 32), domains=["T2w"])
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_writes_report_and_refuses_overwrite(tmp_path, capsys):
     out = tmp_path / "stab"

@@ -238,19 +238,28 @@ def _build_extractors(
 ) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
     """Build each extractor; one that cannot be built is skipped (with the reason) unless none is left."""
     from maskgen.extractors import EXTRACTORS, build_extractor
+    from maskgen.extractors.combined import SEPARATOR, member_names
 
     names = list(dict.fromkeys(names))
+    members: dict[str, list[str]] = {}
     for n in names:
-        if n not in EXTRACTORS or n == "none":
-            raise ValueError(f"unknown extractor {n!r}; choose from {sorted(k for k in EXTRACTORS if k != 'none')}")
-    unknown = set(kwargs) - set(names)
+        if SEPARATOR in n:
+            members[n] = member_names(n)
+        elif n not in EXTRACTORS or n == "none":
+            raise ValueError(f"unknown extractor {n!r}; choose from {sorted(k for k in EXTRACTORS if k != 'none')} "
+                             f"or several joined by '{SEPARATOR}'")
+    unknown = set(kwargs) - set(names) - {m for ms in members.values() for m in ms}
     if unknown:
         raise ValueError(f"settings given for extractors that were not requested: {sorted(unknown)}")
     built: dict[str, torch.nn.Module] = {}
     skipped: dict[str, str] = {}
     for n in names:
+        kw = dict(kwargs.get(n, {}))
+        if n in members:  # a combination: its members' weights as NAME=PATH pairs
+            pairs = [f"{m}={kwargs[m]['weights']}" for m in members[n] if "weights" in kwargs.get(m, {})]
+            kw = {"weights": ",".join(pairs)} if pairs else {}
         try:
-            built[n] = build_extractor(n, **dict(kwargs.get(n, {}))).to(device)
+            built[n] = build_extractor(n, **kw).to(device)
         except (OSError, ValueError, RuntimeError, ImportError, KeyError, TypeError) as e:
             hint = f" (here: --extractor-weights {n}=PATH)" if isinstance(e, FileNotFoundError) else ""
             skipped[n] = f"{type(e).__name__}: {e}{hint}"
