@@ -30,36 +30,16 @@ def test_mind_shape_normalisation_and_frozen():
     assert not f.requires_grad
 
 
-def _mind_ssc_plainly(img, radius=2, dilation=2):
-    """MIND-SSC written the obvious way (avg_pool3d box filter, concatenated pairs, reordered at the end), as
-    maskgen computed it before the in-place version: the fast one must give the same numbers."""
-    import torch.nn.functional as F
+def _mind_ssc_plain():
+    """benchmarks/bench_mind.py's plain MIND-SSC, what maskgen computed before its in-place version."""
+    import importlib.util
+    from pathlib import Path
 
-    from maskgen.extractors.mind import _pairs
-
-    def box(x):
-        for axis in range(3):
-            pad = [0] * 6
-            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-            ks = [1, 1, 1]
-            ks[axis] = 2 * radius + 1
-            x = F.avg_pool3d(F.pad(x, pad, mode="replicate"), tuple(ks), stride=1)
-        return x
-
-    shift1, shift2 = _pairs()
-    d, size = dilation, img.shape[2:]
-    padded = F.pad(img, [d] * 6, mode="replicate")
-
-    def view(s):
-        o = [int(v) * d for v in s]
-        return padded[:, :, o[0] : o[0] + size[0], o[1] : o[1] + size[1], o[2] : o[2] + size[2]]
-
-    ssd = box(torch.cat([view(a) - view(b) for a, b in zip(shift1, shift2)], dim=1) ** 2)
-    mind = ssd - ssd.min(dim=1, keepdim=True).values
-    var = mind.mean(dim=1, keepdim=True)
-    mean_var = var.mean(dim=(1, 2, 3, 4), keepdim=True)
-    var = torch.maximum(torch.minimum(var, mean_var * 1000), mean_var * 0.001)
-    return torch.exp(-mind / (var + 1e-12))[:, [6, 8, 1, 11, 2, 10, 0, 7, 9, 4, 5, 3]]
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mind.py"
+    spec = importlib.util.spec_from_file_location("bench_mind", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.mind_ssc_plain
 
 
 def test_fast_mind_ssc_gives_the_plain_implementations_numbers():
@@ -68,7 +48,7 @@ def test_fast_mind_ssc_gives_the_plain_implementations_numbers():
     x = torch.cat([_volume(0), _volume(1, (24, 20, 28)) * 3.0])
     before = x.clone()
     for radius, dilation in ((2, 2), (1, 1), (2, 3)):
-        fast, plain = mind_ssc(x, radius, dilation), _mind_ssc_plainly(x, radius, dilation)
+        fast, plain = mind_ssc(x, radius, dilation), _mind_ssc_plain()(x, radius, dilation)
         assert fast.shape == plain.shape == (2, 12, 24, 20, 28)
         assert torch.allclose(fast, plain, atol=1e-6, rtol=1e-5)
     assert torch.equal(x, before)  # the in-place steps never write into the input
