@@ -61,10 +61,9 @@ def mind_ssc(img: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.Ten
         return padded[:, :, o[0] : o[0] + size[0], o[1] : o[1] + size[1], o[2] : o[2] + size[2]]
 
     # Channels in the reference order from the start (all later steps are per channel or symmetric over
-    # channels), written in place: no autograd here (extractors run under no_grad), less memory traffic.
-    diff = img.new_empty((img.shape[0], len(_ORDER), *size))
-    for c, j in enumerate(_ORDER):
-        torch.sub(view(shift1[j]), view(shift2[j]), out=diff[:, c : c + 1])
+    # channels), then in place on fresh tensors: no autograd here (extractors run under no_grad), less memory
+    # traffic. No writes into slices of a preallocated tensor: the ONNX export's tracer loses those.
+    diff = torch.cat([view(shift1[j]) - view(shift2[j]) for j in _ORDER], dim=1)
     ssd = _box3d(diff.square_(), radius)
     mind = ssd.sub_(ssd.min(dim=1, keepdim=True).values)
     var = mind.mean(dim=1, keepdim=True)
