@@ -28,8 +28,8 @@ def _pairs() -> tuple[torch.Tensor, torch.Tensor]:
 def _box3d(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Separable (2r+1)^3 mean filter with replicate borders.
 
-    Sums of shifted slices rather than ``avg_pool3d``: the same numbers, about 2x faster on CPU, where
-    avg_pool3d along one axis of a 12-channel volume was half of MIND-SSC's time (docs/benchmarks.md).
+    Sums of shifted slices rather than ``avg_pool3d``, which is slow on CPU for a 1-D window: the same
+    numbers; with the in-place steps below, MIND-SSC runs 2.3x faster (benchmarks/bench_mind.py).
     """
     k = 2 * radius + 1
     for axis in range(3):
