@@ -104,12 +104,34 @@ def test_reps_only_reads_features_alone():
 def test_concat_feeds_image_and_features_unmasked_in_training():
     torch.manual_seed(0)
     m = _method("concat").train()
-    assert m.in_channels == 1 + FEATS and not METHODS["concat"].HPARAMS
+    assert m.in_channels == 1 + FEATS and set(METHODS["concat"].HPARAMS) == {"image_norm"}
     image, feats, target = _batch(b=4)
     seen = _record_input(m)
     for _ in range(3):
         m.training_loss(image, feats, target, _criterion())
         assert torch.equal(seen[-1], torch.cat([image, feats], 1))
+
+
+@pytest.mark.parametrize("name", ["concat", "maskgen"])
+def test_image_norm_instance_puts_the_image_on_the_features_scale_in_training_and_inference(name):
+    image, feats, target = _batch(b=3)
+    image = 0.3 + 0.2 * (image - 0.5)  # std 0.06, as inside the texture phantom: far below the features' 1
+    plain, normed = _method(name), _method(name, image_norm="instance")
+    assert torch.equal(plain.compose(image, feats)[:, :1], image)  # the default is the paper's input
+    x = normed.compose(image, feats)
+    assert torch.equal(x[:, 1:], feats)
+    per_sample = x[:, 0].flatten(1)
+    assert torch.allclose(per_sample.mean(1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(per_sample.std(1, correction=0), torch.ones(3), atol=1e-2)
+    assert torch.equal(normed.compose(torch.zeros_like(image), feats)[:, 0], torch.zeros_like(image[:, 0]))
+    seen = _record_input(normed.train())
+    normed.training_loss(image, feats, target, _criterion())
+    kept = seen[-1][:, 0].flatten(1).abs().sum(1) > 0  # MaskGen may mask the image of some samples
+    assert kept.any()
+    scale = 1 / (1 - normed.hparams.get("mask_rate", 0.0))  # MaskGen rescales the kept channels
+    assert torch.allclose(seen[-1][kept, 0].flatten(1).std(1, correction=0), torch.tensor(scale), atol=2e-2 * scale)
+    with pytest.raises(ValueError, match="image_norm must be one of none, instance"):
+        _method(name, image_norm="minmax")
 
 
 # ------------------------------------------------------------------------------------------------ channel_dropout

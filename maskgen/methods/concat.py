@@ -6,9 +6,10 @@ reason MaskGen masks views. The base class already composes [image, features] an
 masking; this class only declares that it reads features (and has no hyper-parameters).
 """
 
-from maskgen.methods.base import Method, register_method
+from maskgen.methods.base import IMAGE_NORM, Method, register_method
 
 
 @register_method("concat")
 class Concat(Method):
     uses_features = True
+    HPARAMS = {"image_norm": IMAGE_NORM}

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from maskgen.methods.base import HParam, Method, register_method
+from maskgen.methods.base import IMAGE_NORM, HParam, Method, register_method
 
 MASK_MODES = ("rescale", "zero")
 MASK_UNITS = ("channel", "source")
@@ -54,6 +54,7 @@ class MaskGen(Method):
         "mask_unit": HParam("channel", "mask each input channel on its own (reference, the paper's experiments) or "
                                        "each source, the image and the features, as a whole (the paper's analysis)",
                             MASK_UNITS),
+        "image_norm": IMAGE_NORM,
     }
 
     def training_loss(self, image, features, target, criterion):
