@@ -78,6 +78,8 @@ def test_train_help_lists_every_method_and_its_flags():
         assert name in help_text
         for key in cls.HPARAMS:
             assert f"--{key.replace('_', '-')}" in help_text
+    flat = " ".join(help_text.split())
+    assert "--image-norm {none,instance} [concat, maskgen]" in flat  # a shared flag names every method using it
 
 
 # ------------------------------------------------------------------------------------------------ reps_only

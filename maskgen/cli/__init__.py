@@ -13,15 +13,14 @@ from maskgen import __version__
 def _add_method_hparams(p: argparse.ArgumentParser) -> None:
     from maskgen.methods import METHODS
 
-    seen: dict[str, str] = {}
-    g = p.add_argument_group("method hyper-parameters (used by the methods that declare them)")
+    declared: dict[str, tuple[list[str], object]] = {}  # a flag several methods share is listed once, for all
     for mname, cls in sorted(METHODS.items()):
         for key, hp in cls.HPARAMS.items():
-            if key in seen:
-                continue
-            seen[key] = mname
-            g.add_argument(f"--{key.replace('_', '-')}", dest=f"hp_{key}", type=hp.type, default=None,
-                           choices=hp.choices, help=f"[{mname}] {hp.help} (default {hp.default})")
+            declared.setdefault(key, ([], hp))[0].append(mname)
+    g = p.add_argument_group("method hyper-parameters (used by the methods that declare them)")
+    for key, (names, hp) in declared.items():
+        g.add_argument(f"--{key.replace('_', '-')}", dest=f"hp_{key}", type=hp.type, default=None,
+                       choices=hp.choices, help=f"[{', '.join(names)}] {hp.help} (default {hp.default})")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
