@@ -16,13 +16,14 @@ from maskgen.inference.predict import Predictor
 from maskgen.runtime.config import TrainConfig
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["none", "instance"], ids=lambda v: f"image_norm={v}")
+def run(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("export")
     ds = write_dataset(root / "ds")
     cfg = TrainConfig(dataset=str(ds), out=str(root / "run"), method="maskgen", steps=2, batch_size=2,
                       patch_size=[16, 16, 16], val_every=2, base_width=2, n_poolings=2, convs_per_level=1,
-                      num_workers=0, device="cpu", spacing=[2.0, 2.0, 2.0])
+                      num_workers=0, device="cpu", spacing=[2.0, 2.0, 2.0],
+                      hparams={"image_norm": request.param})
     train_and_test(cfg, test=False, progress=False)
     return ds, root / "run"
 
