@@ -267,7 +267,7 @@ def test_config_records_absolute_paths_and_resolved_hyperparameters(tiny_dataset
     train_and_test(_cfg(tiny_dataset.name, "run", method="maskgen"), test=False, progress=False)
     cfg = yaml.safe_load((tiny_dataset.parent / "run" / "config.yaml").read_text())
     assert cfg["dataset"] == str(tiny_dataset) and cfg["out"] == str(tiny_dataset.parent / "run")
-    assert cfg["hparams"] == {"mask_rate": 0.5, "mask_mode": "rescale", "mask_unit": "channel"}  # defaults recorded
+    assert cfg["hparams"] == {"mask_rate": 0.5, "mask_mode": "rescale", "mask_unit": "channel", "image_norm": "none"}  # defaults recorded
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

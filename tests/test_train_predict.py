@@ -38,7 +38,7 @@ def test_train_writes_run_folder_then_resume_and_refuse_overwrite(tiny_dataset, 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["method"] == "maskgen" and cfg["n_classes"] == 3 and cfg["feature_channels"] == 12
     assert cfg["spacing"] == pytest.approx([1.25, 0.9, 2.2])  # median training spacing, RAS order
-    assert cfg["hparams"] == {"mask_rate": 0.5, "mask_mode": "rescale", "mask_unit": "channel"}
+    assert cfg["hparams"] == {"mask_rate": 0.5, "mask_mode": "rescale", "mask_unit": "channel", "image_norm": "none"}
     assert _log_steps(run) == [1, 2, 3, 4]
     assert 0.0 <= res["best_val_dice"] <= 1.0
     assert set(res["test_summary"]["domains"]) == {"test"}
