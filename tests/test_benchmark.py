@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from maskgen.benchmark.config import load_benchmark_config
+from maskgen.benchmark.per_domain import format_per_domain, per_domain_stats
 from maskgen.benchmark.runner import run_benchmark
 from maskgen.benchmark.selection import (
     CellResult,
@@ -124,8 +126,8 @@ def _mtimes(out: Path) -> dict[str, float]:
 def test_benchmark_writes_the_report_with_the_selection(finished):
     root, _, report = finished
     out = root / "one"
-    for name in ("table.md", "table.csv", "table.json", "sweep.md", "sweep.csv", "per_case.csv", "dice_phantom.png",
-                 "average_rank.png", "validation_phantom.png", "benchmark.yaml"):
+    for name in ("table.md", "table.csv", "table.json", "sweep.md", "sweep.csv", "per_case.csv", "per_domain.md",
+                 "per_domain.csv", "dice_phantom.png", "average_rank.png", "validation_phantom.png", "benchmark.yaml"):
         assert (out / name).is_file(), name
     arms = report["datasets"]["phantom"]["arms"]
     assert set(arms) == {"erm", "maskgen"}
@@ -142,6 +144,25 @@ def test_benchmark_writes_the_report_with_the_selection(finished):
     per_case = (out / "per_case.csv").read_text().splitlines()
     assert len(per_case) == 1 + 10 * 2 + 10  # erm: 2 seeds x 10 cases; maskgen: 1 seed x 10 cases
     assert "| erm |" in (out / "table.md").read_text()
+    by_domain = list(csv.DictReader((out / "per_domain.csv").open()))
+    assert len(by_domain) == 2 * 5 and {r["n_subjects"] for r in by_domain} == {"2"}  # 2 arms x 5 domains
+    erm_t1 = [float(r["mean_dice"]) for r in csv.DictReader((out / "per_case.csv").open())
+              if r["arm"] == "erm" and r["domain"] == "T1w"]  # 2 seeds x 2 subjects: the mean of all four
+    row = next(r for r in by_domain if r["arm"] == "erm" and r["domain"] == "T1w")
+    assert float(row["mean"]) == pytest.approx(sum(erm_t1) / 4)
+    assert "| method | T1w * |" in (out / "per_domain.md").read_text()  # the in-domain column first, marked
+
+
+def test_per_domain_averages_seeds_per_subject_then_subjects():
+    rows = [{"dataset": "d", "arm": "a", "subject": s, "domain": dom, "in_domain": dom == "A", "mean_dice": v}
+            for s, dom, v in [("s1", "A", 0.8), ("s1", "A", 0.6), ("s2", "A", 0.6), ("s1", "B", 0.2), ("s2", "B", 0.0)]]
+    stats = per_domain_stats(rows)["d"]["a"]
+    assert list(stats) == ["A", "B"]
+    assert stats["A"]["mean"] == pytest.approx(0.65) and stats["A"]["se"] == pytest.approx(0.05)  # s1 0.7, s2 0.6
+    assert stats["B"]["mean"] == pytest.approx(0.1) and stats["B"]["n"] == 2
+    text = format_per_domain({"d": {"a": stats}}, ["a", "missing"], {"d": ["A"]})
+    assert "| method | A * | B |" in text and "| a | 0.650 ± 0.050 | 0.100 ± 0.100 |" in text
+    assert "missing" not in text
 
 
 def test_rerun_trains_nothing_and_a_changed_setting_is_refused_by_name(finished):

@@ -1,5 +1,5 @@
 """The benchmark's report: ``table.md/.csv/.json`` (selected cells only), ``sweep.md/.csv`` (every cell),
-``per_case.csv``, ``dice_<dataset>.png`` (bars by domain), ``average_rank.png`` and
+``per_case.csv``, ``per_domain.md/.csv`` (every domain's Dice, selected cells), ``dice_<dataset>.png`` (bars by domain), ``average_rank.png`` and
 ``validation_<dataset>.png`` (the selected cells' validation curves, to see that they converged).
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 from maskgen.analysis.runs import point_tag
 from maskgen.benchmark.cells import Cell
 from maskgen.benchmark.config import BenchmarkConfig
+from maskgen.benchmark.per_domain import format_per_domain, per_domain_rows, per_domain_stats
 from maskgen.benchmark.selection import (
     CellResult,
     average_ranks,
@@ -151,6 +152,11 @@ def _write(cfg: BenchmarkConfig, cells: list[Cell], results: list[CellResult], r
         "paired_out_mean", "paired_out_se", "paired_in_mean", "paired_in_se", "rank", "complete"])
     atomic_write_csv(out / "per_case.csv", per_case, ["dataset", "arm", "point", "seed", "case", "subject", "domain",
                                                       "in_domain", "mean_dice", "mean_hd95"])
+    by_domain = per_domain_stats(per_case)
+    atomic_write_csv(out / "per_domain.csv", per_domain_rows(by_domain),
+                     ["dataset", "arm", "domain", "mean", "se", "n_subjects"])
+    atomic_write_text(out / "per_domain.md", format_per_domain(
+        by_domain, [a.name for a in cfg.arms], {d: i["in_domains"] for d, i in report["datasets"].items()}))
     sweep = _sweep_rows(cells, results, report)
     atomic_write_csv(out / "sweep.csv", sweep, list(sweep[0]) if sweep else ["dataset"])
     atomic_write_text(out / "sweep.md", format_sweep(sweep))
