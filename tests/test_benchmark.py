@@ -326,6 +326,7 @@ def test_export_copies_the_report_and_each_cells_small_files_but_no_checkpoints(
     dest = tmp_path / "docs_copy"
     run_benchmark(config, root / "one", report_only=True, progress=False, export=dest)
     assert (dest / "table.md").is_file() and (dest / "sweep.csv").is_file() and (dest / "dice_phantom.png").is_file()
+    assert (dest / "per_domain.md").is_file() and (dest / "per_domain.csv").is_file()
     cell = dest / "cells" / "phantom" / "erm" / "default" / "seed0"
     for name in ("config.yaml", "log.csv", "test/metrics_per_case.csv"):
         assert (cell / name).is_file(), name
