@@ -292,6 +292,21 @@ def test_the_phantom_variant_configs_parse(name, variant, channels):
     assert "erm" in [a.name for a in cfg.arms]
 
 
+def test_a_methods_relative_weights_path_is_read_against_the_config_folder(tmp_path):
+    """As at the top level: a cell must find the file whatever folder the benchmark is started from."""
+    from maskgen.benchmark.config import parse_benchmark_config
+
+    raw = json.loads(json.dumps(TINY))
+    raw["methods"]["erm"]["train"] = {"extractor_weights": "weights/synth.pt"}
+    cfg = parse_benchmark_config(raw, tmp_path / "configs" / "bench.yaml")
+    erm = next(a for a in cfg.arms if a.name == "erm")
+    assert erm.train["extractor_weights"] == str(tmp_path / "configs" / "weights" / "synth.pt")
+    texture = Path(__file__).resolve().parents[1] / "configs" / "benchmark" / "phantom_texture.yaml"
+    cfg = parse_benchmark_config(yaml.safe_load(texture.read_text()), texture)
+    weights = [a.train["extractor_weights"] for a in cfg.arms if "extractor_weights" in a.train]
+    assert weights and all(Path(w).is_file() for w in weights)
+
+
 def test_a_dataset_preset_is_read_and_its_own_train_settings_win(tmp_path):
     from maskgen.benchmark.config import parse_benchmark_config
 

@@ -90,7 +90,7 @@ def parse_benchmark_config(raw: dict[str, Any], path: Path) -> BenchmarkConfig:
             raise fail(f"'{key}' must be a non-empty mapping of name -> settings")
     train = _resolve_weights(_train_settings(raw.get("train") or {}, "train", fail), path.parent)
     datasets = [_dataset(name, spec, path.parent, fail) for name, spec in raw["datasets"].items()]
-    arms = [_arm(name, spec or {}, fail) for name, spec in raw["methods"].items()]
+    arms = [_arm(name, spec or {}, path.parent, fail) for name, spec in raw["methods"].items()]
     setting = raw.get("setting", "all-data")
     few = raw.get("few_shot_subjects")
     if setting not in ("all-data", "few-shot"):
@@ -160,7 +160,7 @@ def _dataset(name: str, spec: Any, base: Path, fail) -> DatasetEntry:
     return entry
 
 
-def _arm(name: str, spec: Any, fail) -> Arm:
+def _arm(name: str, spec: Any, base: Path, fail) -> Arm:
     where = f"methods.{name}"
     if not isinstance(spec, dict):
         raise fail(f"{where} must be a mapping (method, hparams, grid, seeds, seed_rule, train)")
@@ -194,7 +194,8 @@ def _arm(name: str, spec: Any, fail) -> Arm:
             if isinstance(v, float) and not math.isfinite(v):
                 raise fail(f"{where}.grid.{k}: {v!r} is not a finite number")
     return Arm(name=str(name), method=method, hparams=hparams, grid={k: list(v) for k, v in grid.items()},
-               seeds=list(seeds), seed_rule=rule, train=_train_settings(spec.get("train") or {}, f"{where}.train", fail))
+               seeds=list(seeds), seed_rule=rule,
+               train=_resolve_weights(_train_settings(spec.get("train") or {}, f"{where}.train", fail), base))
 
 
 def _resolve_weights(train: dict[str, Any], base: Path) -> dict[str, Any]:
