@@ -437,3 +437,50 @@ def test_an_unfinished_cell_exported_with_its_checkpoints_resumes_on_a_new_machi
     # once it has finished, a new export drops its checkpoints
     run_benchmark(config, new, report_only=True, progress=False, export=export, export_checkpoints=True)
     assert not list((export / "cells").rglob("*.pt"))
+
+
+def test_weights_are_compared_by_content_so_a_moved_checkout_resumes_and_another_file_is_refused(tmp_path):
+    """A saved run names its weights by absolute path; a checkout or export moved elsewhere must still
+    resume, and a different file, wherever it lies, must be refused by name."""
+    from maskgen.benchmark.cells import Cell, settings_differences
+    from maskgen.runtime.config import TrainConfig
+
+    old_dir, new_dir = tmp_path / "old" / "weights", tmp_path / "new" / "weights"
+    for d in (old_dir, new_dir):
+        d.mkdir(parents=True)
+    (old_dir / "synth.pt").write_bytes(b"same bytes")
+    (new_dir / "synth.pt").write_bytes(b"same bytes")
+    saved = TrainConfig(dataset="d", out=str(tmp_path / "run"), extractor="maskgen-synth",
+                        extractor_weights=str(old_dir / "synth.pt"))
+    cell = Cell("phantom", "mg", {}, 0, TrainConfig(dataset="d", out=str(tmp_path / "run"), extractor="maskgen-synth",
+                                                    extractor_weights=str(new_dir / "synth.pt")))
+    assert settings_differences(cell, saved) == []
+    assert settings_differences(cell, saved, compare_paths=False) == []
+    (new_dir / "synth.pt").write_bytes(b"other bytes")
+    for compare_paths in (True, False):  # a live cell, and one carried over from an export
+        problems = settings_differences(cell, saved, compare_paths=compare_paths)
+        assert len(problems) == 1 and problems[0].startswith("extractor_weights: ")
+    # an export from another machine names files this machine lacks: only a live cell is refused for it
+    saved.extractor_weights = "/elsewhere/weights/synth.pt"
+    assert settings_differences(cell, saved, compare_paths=False) == []
+    assert settings_differences(cell, saved)[0].startswith("extractor_weights: '/elsewhere")
+
+
+def test_name_path_weight_pairs_are_made_absolute_path_by_path(tmp_path, monkeypatch):
+    from maskgen.benchmark.config import parse_benchmark_config
+    from maskgen.extractors.combined import weight_pairs
+    from maskgen.runtime.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(dataset="d", out="run", extractor="anatomix+maskgen-synth",
+                      extractor_weights="anatomix=a.pth,maskgen-synth=w/b.pt").with_absolute_paths()
+    assert weight_pairs(cfg.extractor_weights) == {"anatomix": str(tmp_path / "a.pth"),
+                                                   "maskgen-synth": str(tmp_path / "w" / "b.pt")}
+    raw = json.loads(json.dumps(TINY))
+    raw["methods"]["erm"]["train"] = {"extractor_weights": "anatomix=../a.pth,maskgen-synth=b.pt"}
+    arms = parse_benchmark_config(raw, tmp_path / "configs" / "bench.yaml").arms
+    weights = next(a for a in arms if a.name == "erm").train["extractor_weights"]
+    assert weight_pairs(weights) == {"anatomix": str(tmp_path / "a.pth"),
+                                     "maskgen-synth": str(tmp_path / "configs" / "b.pt")}
+    with pytest.raises(ValueError, match="NAME=PATH pairs"):
+        weight_pairs("anatomix=a.pth,b.pt")

@@ -14,6 +14,7 @@ from typing import Any
 
 from maskgen.analysis.runs import point_tag
 from maskgen.benchmark.config import BenchmarkConfig, DatasetEntry
+from maskgen.extractors.combined import weight_pairs
 from maskgen.methods import method_hparams
 from maskgen.runtime.config import TrainConfig
 
@@ -115,12 +116,19 @@ def cell_status(cell: Cell) -> str:
 def settings_differences(cell: Cell, saved: TrainConfig, compare_paths: bool = True) -> list[str]:
     """Settings in which ``saved`` differs from the config's for ``cell``, as ``name: old -> new``."""
     given = None if compare_paths else {f for f in vars(cell.config) if f not in TrainConfig.PATH_FIELDS}
+    if given is not None and saved.extractor_weights is not None and _files_here(saved.extractor_weights):
+        given.add("extractor_weights")  # compared by content (TrainConfig.conflicts_with), wherever it lies
     problems = cell.config.conflicts_with(saved, given=given)
     if saved.steps != cell.config.steps:
         problems.append(f"steps: {saved.steps!r} -> {cell.config.steps!r}")
     hp_old = saved.hparams or {}
     problems += [f"{k}: {hp_old.get(k)!r} -> absent" for k in sorted(set(hp_old) - set(cell.config.hparams))]
     return problems
+
+
+def _files_here(weights: str) -> bool:
+    """Whether every file of a saved weights setting exists on this machine."""
+    return all(Path(p).expanduser().is_file() for p in (weight_pairs(weights) or {"": weights}).values())
 
 
 def cell_conflicts(cell: Cell) -> list[str]:

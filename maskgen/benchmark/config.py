@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from maskgen.extractors.combined import map_weight_paths
 from maskgen.io import read_yaml_mapping
 from maskgen.methods import METHODS, method_hparams
 from maskgen.runtime.config import TrainConfig
@@ -201,5 +202,6 @@ def _arm(name: str, spec: Any, base: Path, fail) -> Arm:
 def _resolve_weights(train: dict[str, Any], base: Path) -> dict[str, Any]:
     """A relative ``extractor_weights`` path is read against the config file's folder, like dataset paths."""
     if train.get("extractor_weights") is not None:
-        train["extractor_weights"] = str((base / str(train["extractor_weights"])).resolve())
+        train["extractor_weights"] = map_weight_paths(train["extractor_weights"],
+                                                      lambda path: str((base / path).resolve()))
     return train

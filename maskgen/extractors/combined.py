@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,14 +38,33 @@ def _takes(cls: type, arg: str) -> bool:
     return arg in inspect.signature(cls.__init__).parameters
 
 
+def weight_pairs(weights: str | Path) -> dict[str, str] | None:
+    """The ``NAME=PATH,...`` pairs of a weights setting, or None when it is one path."""
+    text = str(weights)
+    if "=" not in text.split(",")[0] or Path(text).exists():
+        return None
+    pieces = [p for p in text.split(",") if p]
+    if not all("=" in p for p in pieces):
+        raise ValueError(f"--extractor-weights {text!r}: give one path, or NAME=PATH pairs joined by commas")
+    return dict(p.split("=", 1) for p in pieces)
+
+
+def map_weight_paths(weights: str | Path, fn: Callable[[str], str]) -> str:
+    """The weights setting with ``fn`` applied to each of its paths (one path, or each of its pairs)."""
+    pairs = weight_pairs(weights)
+    if pairs is None:
+        return fn(str(weights))
+    return ",".join(f"{name}={fn(path)}" for name, path in pairs.items())
+
+
 def split_weights(names: list[str], weights: str | Path | None) -> dict[str, str]:
     """Member -> weights file, from one path (one member takes weights) or ``NAME=PATH,...``."""
     if weights is None:
         return {}
     takers = [n for n in names if _takes(EXTRACTORS[n], "weights")]
     text = str(weights)
-    if "=" in text.split(",")[0] and not Path(text).exists():
-        pairs = dict(p.split("=", 1) for p in text.split(",") if p)
+    pairs = weight_pairs(text)
+    if pairs is not None:
         unknown = sorted(set(pairs) - set(takers))
         if unknown:
             raise ValueError(f"--extractor-weights names {unknown}, which take no weights here (those that do: {takers})")

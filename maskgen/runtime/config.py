@@ -6,12 +6,15 @@ hyper-parameters are saved with their resolved values, defaults included.
 
 from __future__ import annotations
 
+import filecmp
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from maskgen.extractors.combined import map_weight_paths, weight_pairs
 
 
 @dataclass
@@ -95,7 +98,8 @@ class TrainConfig:
         for name in self.PATH_FIELDS:
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, os.path.abspath(os.path.expanduser(str(value))))
+                setattr(self, name, map_weight_paths(value, _absolute) if name == "extractor_weights"
+                        else _absolute(value))
         return self
 
     def conflicts_with(self, saved: TrainConfig, given: set[str] | None = None) -> list[str]:
@@ -121,8 +125,11 @@ class TrainConfig:
                 continue
             if new is None:
                 continue
-            if name in self.PATH_FIELDS and old is not None:
-                new, old = (os.path.abspath(os.path.expanduser(str(v))) for v in (new, old))
+            if name == "extractor_weights" and old is not None:
+                if same_weights(str(old), str(new)):
+                    continue
+            elif name in self.PATH_FIELDS and old is not None:
+                new, old = _absolute(new), _absolute(old)
             if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
                 new, old = list(new), None if old is None else list(old)
             if new != old:
@@ -177,6 +184,25 @@ def load_preset(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: preset keys {unknown} are not training settings (known: {', '.join(PRESET_KEYS)})")
     return data
+
+
+def _absolute(path: str | Path) -> str:
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def same_weights(old: str, new: str) -> bool:
+    """Whether two weights settings name the same files: the same paths, or files of identical content
+    (a checkout or export moved elsewhere keeps its runs resumable; another file at the same name does not)."""
+    old_pairs, new_pairs = (weight_pairs(w) or {"": w} for w in (old, new))
+    if set(old_pairs) != set(new_pairs):
+        return False
+    for name, old_path in old_pairs.items():
+        a, b = Path(_absolute(old_path)), Path(_absolute(new_pairs[name]))
+        if a == b:
+            continue
+        if not (a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)):
+            return False
+    return True
 
 
 def _declared_defaults(method: str) -> dict[str, Any]:
