@@ -484,3 +484,24 @@ def test_name_path_weight_pairs_are_made_absolute_path_by_path(tmp_path, monkeyp
                                      "maskgen-synth": str(tmp_path / "configs" / "b.pt")}
     with pytest.raises(ValueError, match="NAME=PATH pairs"):
         weight_pairs("anatomix=a.pth,b.pt")
+
+
+def test_the_sources_config_carries_its_mind_cells_from_the_committed_protocol_export(tmp_path):
+    """phantom_sources.yaml promises that its ERM, reps_only and MaskGen (p = 0.25) cells come from
+    phantom_cpu.yaml's committed export: their settings must stay those cells' settings."""
+    from maskgen.benchmark.carry_over import carry_over_problem
+    from maskgen.benchmark.cells import expand_cells
+    from maskgen.benchmark.config import parse_benchmark_config
+
+    root = Path(__file__).resolve().parents[1]
+    path = root / "configs" / "benchmark" / "phantom_sources.yaml"
+    cfg = parse_benchmark_config(yaml.safe_load(path.read_text()), path)
+    export = root / "docs" / "results" / "benchmark_phantom_cpu" / "cells"
+    cells = {c.cell_id: c for c in expand_cells(cfg, tmp_path)}
+    carried = ["phantom/erm/default/seed0", "phantom/reps_only/default/seed0", "phantom/maskgen/mask_rate=0.25/seed0"]
+    for cell_id in carried:
+        assert carry_over_problem(cells[cell_id], export / cell_id) is None, cell_id
+    assert len(cells) == 11 and not (export / "phantom" / "reps_only_synth").exists()
+    texture = root / "configs" / "benchmark" / "phantom_texture.yaml"
+    arms = parse_benchmark_config(yaml.safe_load(texture.read_text()), texture).arms
+    assert next(a for a in arms if a.name == "maskgen_mind_synth").train["extractor"] == "mind+maskgen-synth"
