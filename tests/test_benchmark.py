@@ -505,3 +505,12 @@ def test_the_sources_config_carries_its_mind_cells_from_the_committed_protocol_e
     texture = root / "configs" / "benchmark" / "phantom_texture.yaml"
     arms = parse_benchmark_config(yaml.safe_load(texture.read_text()), texture).arms
     assert next(a for a in arms if a.name == "maskgen_mind_synth").train["extractor"] == "mind+maskgen-synth"
+
+
+def test_a_malformed_weights_list_in_a_benchmark_config_names_the_file_and_the_key(tmp_path):
+    from maskgen.benchmark.config import parse_benchmark_config
+
+    raw = json.loads(json.dumps(TINY))
+    raw["methods"]["erm"]["train"] = {"extractor_weights": "anatomix=a.pth,b.pt"}
+    with pytest.raises(ValueError, match=r"bench\.yaml: methods\.erm\.train\.extractor_weights: .*NAME=PATH pairs"):
+        parse_benchmark_config(raw, tmp_path / "bench.yaml")

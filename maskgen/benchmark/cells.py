@@ -14,7 +14,7 @@ from typing import Any
 
 from maskgen.analysis.runs import point_tag
 from maskgen.benchmark.config import BenchmarkConfig, DatasetEntry
-from maskgen.extractors.combined import weight_pairs
+from maskgen.extractors.combined import weight_files
 from maskgen.methods import method_hparams
 from maskgen.runtime.config import TrainConfig
 
@@ -128,7 +128,7 @@ def settings_differences(cell: Cell, saved: TrainConfig, compare_paths: bool = T
 
 def _files_here(weights: str) -> bool:
     """Whether every file of a saved weights setting exists on this machine."""
-    return all(Path(p).expanduser().is_file() for p in (weight_pairs(weights) or {"": weights}).values())
+    return all(Path(p).expanduser().is_file() for p in weight_files(weights).values())
 
 
 def cell_conflicts(cell: Cell) -> list[str]:

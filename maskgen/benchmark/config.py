@@ -89,7 +89,7 @@ def parse_benchmark_config(raw: dict[str, Any], path: Path) -> BenchmarkConfig:
     for key in ("datasets", "methods"):
         if not isinstance(raw.get(key), dict) or not raw[key]:
             raise fail(f"'{key}' must be a non-empty mapping of name -> settings")
-    train = _resolve_weights(_train_settings(raw.get("train") or {}, "train", fail), path.parent)
+    train = _resolve_weights(_train_settings(raw.get("train") or {}, "train", fail), path.parent, "train", fail)
     datasets = [_dataset(name, spec, path.parent, fail) for name, spec in raw["datasets"].items()]
     arms = [_arm(name, spec or {}, path.parent, fail) for name, spec in raw["methods"].items()]
     setting = raw.get("setting", "all-data")
@@ -142,7 +142,7 @@ def _dataset(name: str, spec: Any, base: Path, fail) -> DatasetEntry:
             raise fail(f"{where}.preset: {e}") from None
     entry = DatasetEntry(name=str(name), train=_resolve_weights(
         {**_train_settings(preset, f"{where}.preset", fail),
-         **_train_settings(spec.get("train") or {}, f"{where}.train", fail)}, base))
+         **_train_settings(spec.get("train") or {}, f"{where}.train", fail)}, base, f"{where}.train", fail))
     if "path" in spec:
         entry.path = str((base / str(spec["path"])).resolve())
         if not (Path(entry.path) / "dataset.json").is_file():
@@ -196,12 +196,17 @@ def _arm(name: str, spec: Any, base: Path, fail) -> Arm:
                 raise fail(f"{where}.grid.{k}: {v!r} is not a finite number")
     return Arm(name=str(name), method=method, hparams=hparams, grid={k: list(v) for k, v in grid.items()},
                seeds=list(seeds), seed_rule=rule,
-               train=_resolve_weights(_train_settings(spec.get("train") or {}, f"{where}.train", fail), base))
+               train=_resolve_weights(_train_settings(spec.get("train") or {}, f"{where}.train", fail), base,
+                                      f"{where}.train", fail))
 
 
-def _resolve_weights(train: dict[str, Any], base: Path) -> dict[str, Any]:
-    """A relative ``extractor_weights`` path is read against the config file's folder, like dataset paths."""
+def _resolve_weights(train: dict[str, Any], base: Path, where: str, fail) -> dict[str, Any]:
+    """A relative ``extractor_weights`` path is read against the config file's folder, like dataset paths;
+    a malformed setting is an error naming the config file and the key."""
     if train.get("extractor_weights") is not None:
-        train["extractor_weights"] = map_weight_paths(train["extractor_weights"],
-                                                      lambda path: str((base / path).resolve()))
+        try:
+            train["extractor_weights"] = map_weight_paths(train["extractor_weights"],
+                                                          lambda path: str((base / path).resolve()))
+        except ValueError as e:
+            raise fail(f"{where}.extractor_weights: {e}") from None
     return train

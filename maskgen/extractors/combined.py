@@ -49,6 +49,11 @@ def weight_pairs(weights: str | Path) -> dict[str, str] | None:
     return dict(p.split("=", 1) for p in pieces)
 
 
+def weight_files(weights: str | Path) -> dict[str, str]:
+    """Each file of a weights setting by member name ("" for a single path)."""
+    return weight_pairs(weights) or {"": str(weights)}
+
+
 def map_weight_paths(weights: str | Path, fn: Callable[[str], str]) -> str:
     """The weights setting with ``fn`` applied to each of its paths (one path, or each of its pairs)."""
     pairs = weight_pairs(weights)

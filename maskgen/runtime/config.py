@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from maskgen.extractors.combined import map_weight_paths, weight_pairs
+from maskgen.extractors.combined import map_weight_paths, weight_files
 
 
 @dataclass
@@ -193,7 +193,7 @@ def _absolute(path: str | Path) -> str:
 def same_weights(old: str, new: str) -> bool:
     """Whether two weights settings name the same files: the same paths, or files of identical content
     (a checkout or export moved elsewhere keeps its runs resumable; another file at the same name does not)."""
-    old_pairs, new_pairs = (weight_pairs(w) or {"": w} for w in (old, new))
+    old_pairs, new_pairs = weight_files(old), weight_files(new)
     if set(old_pairs) != set(new_pairs):
         return False
     for name, old_path in old_pairs.items():
