@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -514,3 +515,34 @@ def test_a_malformed_weights_list_in_a_benchmark_config_names_the_file_and_the_k
     raw["methods"]["erm"]["train"] = {"extractor_weights": "anatomix=a.pth,b.pt"}
     with pytest.raises(ValueError, match=r"bench\.yaml: methods\.erm\.train\.extractor_weights: .*NAME=PATH pairs"):
         parse_benchmark_config(raw, tmp_path / "bench.yaml")
+
+
+def test_a_moved_benchmark_folder_resumes_its_interrupted_cell(finished, tmp_path):
+    """Every cell saves absolute paths (data, splits, run folder); a benchmark folder moved or renamed as a
+    whole must continue where it stopped, not be refused for paths that no longer exist."""
+    import shutil
+
+    import torch
+
+    _, config, _ = finished
+    out = tmp_path / "before"
+    run_benchmark(config, out, threads=1, progress=False, only=["*/maskgen/mask_rate=0.5/*"])
+    cell = Path("cells") / "phantom" / "maskgen" / "mask_rate=0.5" / "seed0"
+    shutil.rmtree(out / cell / "test")  # interrupted after its step-2 checkpoint
+    ckpt = torch.load(out / cell / "checkpoint_latest.pt", weights_only=True)
+    ckpt["step"] = 2
+    torch.save(ckpt, out / cell / "checkpoint_latest.pt")
+    moved = tmp_path / "after"
+    shutil.move(out, moved)
+    report = run_benchmark(config, moved, threads=1, progress=False, only=["*/maskgen/mask_rate=0.5/*"])
+    assert "resumed from step 2" in (moved / cell / "train.log").read_text()
+    saved = (moved / cell / "config.yaml").read_text()
+    assert str(moved) in saved and str(out) not in saved  # the folder's paths now, the same settings
+    assert (moved / cell / "test" / "summary.json").is_file() and report["cells"]["done"] == 1
+    # a path that still exists and differs is a different choice, and still refused
+    other = tmp_path / "other_data"
+    shutil.copytree(moved / "data", other)
+    from maskgen.runtime.config import TrainConfig
+
+    cfg = TrainConfig.load(moved / cell / "config.yaml")
+    assert any(p.startswith("dataset: ") for p in replace(cfg, dataset=str(other / "phantom")).conflicts_with(cfg))

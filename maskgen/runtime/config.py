@@ -68,6 +68,9 @@ class TrainConfig:
     #: settings ``--resume`` may change; any other setting given on resume must match the saved run
     RESUMABLE_CHANGES = ("steps", "device", "num_workers", "grad_check_every")
     PATH_FIELDS = ("dataset", "out", "splits", "extractor_weights")
+    #: paths that may point elsewhere once a run, dataset or benchmark folder has moved: a saved path that no
+    #: longer exists is not a conflict (weights are compared by content instead)
+    MOVABLE_PATHS = ("dataset", "out", "splits")
     #: worked out from the dataset when a run starts (never a conflict; cleared when a config is rerun)
     FILLED_AT_START = ("modality", "channels", "modalities", "n_classes", "label_names", "feature_channels",
                        "class_values", "ignore_value")
@@ -130,6 +133,8 @@ class TrainConfig:
                     continue
             elif name in self.PATH_FIELDS and old is not None:
                 new, old = _absolute(new), _absolute(old)
+                if name in self.MOVABLE_PATHS and new != old and not Path(old).exists():
+                    continue  # the folder was moved (or renamed): the path it had is gone, not another choice
             if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
                 new, old = list(new), None if old is None else list(old)
             if new != old:

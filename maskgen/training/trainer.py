@@ -102,6 +102,9 @@ class Trainer:
                                  "--resume continues the same run (use another --out for a new one)")
             if moved:
                 saved.dataset = cfg.dataset
+        saved.out = cfg.out  # the run folder is where it is now (it may have been moved or copied)
+        if saved.splits is not None and cfg.splits is not None and not Path(saved.splits).exists():
+            saved.splits = cfg.splits  # moved with its dataset or benchmark folder
         checked = None if given is None else set(given) - {"dataset", "out"}
         conflicts = replace(cfg, dataset=saved.dataset, out=saved.out).conflicts_with(saved, checked)
         if conflicts:
