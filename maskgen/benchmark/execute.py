@@ -29,8 +29,10 @@ def cell_log_path(out: Path, cell_id: str) -> Path:
     return out / "logs" / (cell_id.replace("/", "__") + ".log")
 
 
-def run_cell(config: dict[str, Any], device: str, threads: int | None, log_path: str) -> dict[str, Any]:
-    """Train and test one cell (resuming it if it has a checkpoint); returns its wall time."""
+def run_cell(config: dict[str, Any], device: str, threads: int | None, log_path: str,
+             test: bool = True) -> dict[str, Any]:
+    """Train and (unless ``test`` is false) test one cell, resuming it if it has a checkpoint; returns its
+    wall time."""
     import torch
 
     from maskgen.evaluation.testing import train_and_test
@@ -55,7 +57,7 @@ def run_cell(config: dict[str, Any], device: str, threads: int | None, log_path:
             logger.info("cell %s: %s on %s (%s threads)", cfg.out, "resume" if resume else "start", device,
                         threads or torch.get_num_threads())
             try:
-                train_and_test(cfg, resume=resume, overwrite=False, progress=False)
+                train_and_test(cfg, resume=resume, overwrite=False, test=test, progress=False)
             except BaseException:
                 logger.error("cell failed:\n%s", traceback.format_exc())
                 raise
@@ -93,13 +95,14 @@ def _exit_when_orphaned(parent_pid: int, interval: float = 1.0) -> None:
             os._exit(1)
 
 
-def _run_in_slot(config: dict[str, Any], log_path: str) -> dict[str, Any]:
-    return run_cell(config, _SLOT["device"], _SLOT["threads"], log_path)
+def _run_in_slot(config: dict[str, Any], log_path: str, test: bool = True) -> dict[str, Any]:
+    return run_cell(config, _SLOT["device"], _SLOT["threads"], log_path, test)
 
 
 def run_local(jobs: list[tuple[str, dict[str, Any], str]], slots: list[tuple[str, int | None]],
-              on_done: Callable[[str, dict[str, Any] | None, str | None], None]) -> None:
-    """Run ``(cell_id, config, log_path)`` jobs in ``len(slots)`` spawned processes, each holding one slot.
+              on_done: Callable[[str, dict[str, Any] | None, str | None], None], test: bool = True) -> None:
+    """Run ``(cell_id, config, log_path)`` jobs in ``len(slots)`` spawned processes, each holding one slot
+    (``test=False``: train only).
 
     One job in one slot runs in this process (no spawn), so a serial benchmark is easy to debug.
     """
@@ -107,7 +110,7 @@ def run_local(jobs: list[tuple[str, dict[str, Any], str]], slots: list[tuple[str
         device, threads = slots[0]
         for cell_id, config, log_path in jobs:
             try:
-                on_done(cell_id, run_cell(config, device, threads, log_path), None)
+                on_done(cell_id, run_cell(config, device, threads, log_path, test), None)
             except Exception as e:  # noqa: BLE001 - a failed cell is reported, the others still run
                 on_done(cell_id, None, f"{type(e).__name__}: {e}")
         return
@@ -117,7 +120,7 @@ def run_local(jobs: list[tuple[str, dict[str, Any], str]], slots: list[tuple[str
         queue.put(slot)
     with ProcessPoolExecutor(max_workers=len(slots), mp_context=ctx, initializer=_take_slot,
                              initargs=(queue, os.getpid())) as pool:
-        futures = {pool.submit(_run_in_slot, config, log_path): cell_id for cell_id, config, log_path in jobs}
+        futures = {pool.submit(_run_in_slot, config, log_path, test): cell_id for cell_id, config, log_path in jobs}
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
