@@ -32,6 +32,11 @@ def test_demo_writes_results_and_figures_then_resumes(tmp_path, capsys):
     assert len(rows) == 1 + 2 * 5  # two arms x one test subject x five domains
     table = capsys.readouterr().out
     assert "unseen (all)" in table and "T1w *" in table
+    assert "erm_seed0: best " in table and "maskgen_seed0: best " in table and "last-quarter gain" in table
+    convergence = json.loads((out / "convergence.json").read_text())
+    assert set(convergence) == {"erm_seed0", "maskgen_seed0"}
+    assert all(0.0 <= c["best_val_dice"] <= 1.0 and c["best_step"] == 3 for c in convergence.values())
+    assert (out / "logs" / "erm_seed0.log").is_file() and (out / "logs" / "maskgen_seed0.log").is_file()
 
     ckpt = out / "runs" / "maskgen_seed0" / "checkpoint_best.pt"
     mtime = ckpt.stat().st_mtime_ns
@@ -68,9 +73,42 @@ def test_demo_budget_and_mask_rate_overrides_reach_every_run(tmp_path):
 
 
 @pytest.mark.parametrize("kw, msg", [({"steps": 0}, "--steps"), ({"val_every": -1}, "--val-every"),
-                                     ({"mask_rate": 1.0}, "--mask-rate"), ({"patch_size": [10, 8, 8]}, "--patch-size")])
+                                     ({"mask_rate": 1.0}, "--mask-rate"), ({"patch_size": [10, 8, 8]}, "--patch-size"),
+                                     ({"jobs": 0}, "--jobs")])
 def test_demo_rejects_bad_budgets_before_writing(tmp_path, kw, msg):
     out = tmp_path / "demo"
     with pytest.raises(ValueError, match=msg):
         run_demo(out, settings=_tiny(), device="cpu", progress=False, **kw)
     assert not out.exists()
+
+
+def test_demo_in_one_process_draws_its_bar_on_the_terminal_not_in_the_run_log(tmp_path, capsys):
+    out = tmp_path / "demo"
+    run_demo(out, settings=_tiny(), device="cpu", progress=True, jobs=1)
+    err = capsys.readouterr().err
+    assert "train erm_seed0, maskgen_seed0" in err and "6/6" in err  # one bar over both arms' steps
+    log = (out / "logs" / "erm_seed0.log").read_text()
+    assert "cell " in log and "train erm_seed0, maskgen_seed0" not in log
+
+
+def test_the_default_demo_is_its_benchmark_config_at_the_p_validation_chose():
+    """The demo's preset and configs/benchmark/phantom_demo.yaml cannot drift apart, and MaskGen's p is the
+    grid point the committed export of that benchmark selected on validation (the paper's rule)."""
+    from pathlib import Path
+
+    from maskgen.benchmark.config import load_benchmark_config
+    from maskgen.demo import FULL
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_benchmark_config(root / "configs" / "benchmark" / "phantom_demo.yaml")
+    phantom = cfg.datasets[0].phantom
+    assert (list(phantom["shape"]), list(phantom["spacing"])) == (list(FULL.shape), list(FULL.spacing))
+    assert (phantom["n_train"], phantom["n_val"], phantom["n_test"]) == (FULL.n_train, FULL.n_val, FULL.n_test)
+    for key in ("steps", "val_every", "lr", "batch_size", "base_width", "n_poolings", "extractor"):
+        assert cfg.train[key] == getattr(FULL, key), key
+    assert list(cfg.train["patch_size"]) == list(FULL.patch_size)
+    assert list(cfg.train["spacing"]) == list(FULL.spacing)
+    table = json.loads((root / "docs" / "results" / "benchmark_phantom_demo" / "table.json").read_text())
+    chosen = next(s for s in table["selections"] if s["arm"] == "maskgen")
+    assert len(chosen["candidates"]) == 3  # the whole grid {0.25, 0.5, 0.75} had finished
+    assert FULL.arms["maskgen"][1]["mask_rate"] == chosen["point"]["mask_rate"]

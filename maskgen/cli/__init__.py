@@ -247,7 +247,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, quick=args.quick, overwrite=args.overwrite, device=args.device, seeds=args.seeds,
              steps=args.steps, val_every=args.val_every, mask_rate=args.mask_rate, base_width=args.base_width,
-             patch_size=args.patch_size)
+             patch_size=args.patch_size, jobs=args.jobs)
     return 0
 
 
@@ -376,15 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--quick", action="store_true", help="plumbing check only (about 100 CPU-seconds): a width-4 network, 150 steps, Dice 0 expected")
     de.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 0)")
     de.add_argument("--steps", type=int, default=None,
-                    help="training steps per arm (default 800, about 20 minutes on 2 CPU cores; the arms "
-                         "converge only by about 4000 steps, see docs/results.md)")
-    de.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 100)")
+                    help="training steps per arm (default 4000: both arms converge, and train at once, in "
+                         "about 20 minutes on 2 CPU cores; docs/results.md)")
+    de.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 250)")
     de.add_argument("--mask-rate", type=float, default=None,
-                    help="MaskGen's masking rate p (default 0.5; the paper tunes it from 0.25, 0.5, 0.75)")
+                    help="MaskGen's masking rate p (default 0.25: what validation chose from the paper's "
+                         "0.25, 0.5, 0.75 in configs/benchmark/phantom_demo.yaml)")
     de.add_argument("--base-width", type=int, default=None,
-                    help="UNet base width of both arms (default 16; the benchmark's phantom_cpu.yaml uses 8)")
+                    help="UNet base width of both arms (default 8, as the benchmark's phantom_cpu.yaml)")
     de.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
-                    help="training crop of both arms (default 32 32 32; multiples of 2**poolings = 8)")
+                    help="training crop of both arms (default 24 24 24 on the demo's 2.67 mm voxels; "
+                         "multiples of 2**poolings = 8)")
+    de.add_argument("--jobs", type=int, default=None,
+                    help="arms trained at once, each in its own process with its share of the CPU threads "
+                         "(default: one per core on a CPU, one on a GPU)")
     de.add_argument("--device", default="auto")
     de.add_argument("--overwrite", action="store_true")
     de.set_defaults(func=cmd_demo)
