@@ -268,6 +268,8 @@ def format_convergence(convergence: dict[str, dict[str, float]], steps: int) -> 
     for name, c in convergence.items():
         gain = c["last_quarter_gain"]
         verdict = "unknown" if math.isnan(gain) else ("flat" if gain <= FLAT_TOLERANCE else "STILL RISING")
+        if c["best_val_dice"] == 0.0:
+            verdict = "nothing learned"
         lines.append(f"  {name}: best {c['best_val_dice']:.3f} at step {c['best_step']}, last-quarter gain "
                      f"{gain:+.3f} ({verdict}), {c['train_seconds'] / 60:.1f} training minutes")
     return "\n".join(lines)

@@ -33,6 +33,7 @@ def test_demo_writes_results_and_figures_then_resumes(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "unseen (all)" in table and "T1w *" in table
     assert "erm_seed0: best " in table and "maskgen_seed0: best " in table and "last-quarter gain" in table
+    assert ("nothing learned" in table) == any(c["best_val_dice"] == 0.0 for c in json.loads((out / "convergence.json").read_text()).values())
     convergence = json.loads((out / "convergence.json").read_text())
     assert set(convergence) == {"erm_seed0", "maskgen_seed0"}
     assert all(0.0 <= c["best_val_dice"] <= 1.0 and c["best_step"] == 3 for c in convergence.values())
