@@ -5,8 +5,7 @@ scale poorly over threads. This measures that choice: the same training steps (t
 MIND-SSC features, on random patches) run (a) in one process with every thread, twice in a row, and (b) in
 two processes at once with ``threads / 2`` each. The ratio of wall times is what to read.
 
-    python benchmarks/bench_parallel_arms.py --patch 24 --batch 4 --base-width 8 --steps 60 \
-        --json docs/results/bench_parallel_arms_cpu.json
+    python benchmarks/bench_parallel_arms.py --steps 100 --json docs/results/bench_parallel_arms_cpu.json
 """
 
 from __future__ import annotations

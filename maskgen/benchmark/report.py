@@ -37,12 +37,17 @@ FLAT_TOLERANCE = 0.01
 SE_NOTE = "± standard error over test subjects (each subject's cases averaged over the reported seeds)"
 
 
+def validation_curve(log_csv: Path) -> list[tuple[int, float]]:
+    """``(step, validation Dice)`` of every validation a run's ``log.csv`` records (empty if none)."""
+    if not log_csv.is_file():
+        return []
+    with log_csv.open(newline="") as f:
+        return [(int(r["step"]), float(r["val_dice"])) for r in csv.DictReader(f) if r.get("val_dice")]
+
+
 def last_quarter_gain(log_csv: Path, steps: int) -> float:
     """Best validation Dice in the last quarter of training minus the best before it (nan if unknown)."""
-    if not log_csv.is_file():
-        return math.nan
-    with log_csv.open(newline="") as f:
-        vals = [(int(r["step"]), float(r["val_dice"])) for r in csv.DictReader(f) if r.get("val_dice")]
+    vals = validation_curve(log_csv)
     early = [v for s, v in vals if s <= 0.75 * steps]
     late = [v for s, v in vals if s > 0.75 * steps]
     return max(late) - max(early) if early and late else math.nan

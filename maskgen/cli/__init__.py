@@ -373,11 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="phantom benchmark end to end: ERM vs MaskGen, in- and out-of-domain")
     de.add_argument("--out", default="maskgen_demo")
-    de.add_argument("--quick", action="store_true", help="plumbing check only (about 100 CPU-seconds): a width-4 network, 150 steps, Dice 0 expected")
+    de.add_argument("--quick", action="store_true", help="plumbing check only (about 1.5 minutes on 2 CPU cores): a width-4 network, 150 steps, Dice 0 expected")
     de.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 0)")
     de.add_argument("--steps", type=int, default=None,
-                    help="training steps per arm (default 4000: both arms converge, and train at once, in "
-                         "about 20 minutes on 2 CPU cores; docs/results.md)")
+                    help="training steps per arm (default 4000: about 23 minutes on 2 CPU cores with the arms "
+                         "at once; ERM converges there, MaskGen nearly; docs/results.md)")
     de.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 250)")
     de.add_argument("--mask-rate", type=float, default=None,
                     help="MaskGen's masking rate p (default 0.25: what validation chose from the paper's "
