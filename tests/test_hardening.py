@@ -155,6 +155,34 @@ def test_resume_refuses_conflicting_settings_and_names_each(tiny_dataset, tmp_pa
     assert load_checkpoint(run / "checkpoint_latest.pt")["step"] == 4
 
 
+def test_resume_on_a_moved_dataset_checks_it_gives_the_same_cases(tiny_dataset, tmp_path, capsys, caplog):
+    """A dataset whose saved path is gone may have moved; the run resumes on it only if it still gives the
+    training and validation cases the run started with (cases.json), and says that it moved."""
+    import shutil
+
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_dataset), "--out", str(run), "--no-test", *TINY]) == 0
+    record = json.loads((run / "cases.json").read_text())
+    assert record == {"train": [f"casetr{i:02d}" for i in range(4)], "val": ["caseval00"]}
+    moved = tmp_path / "moved" / tiny_dataset.name
+    shutil.move(tiny_dataset, moved)
+    resume = ["train", str(moved), "--out", str(run), "--no-test", "--resume"]
+    with caplog.at_level("WARNING", logger="maskgen"):
+        assert main([*resume, "--steps", "3"]) == 0
+    assert "is gone; resuming on" in caplog.text and str(tiny_dataset) in caplog.text
+    assert load_checkpoint(run / "checkpoint_latest.pt")["step"] == 3
+    assert json.loads((run / "cases.json").read_text()) == record
+    # another dataset at the new path (one training case fewer, one more): refused, naming both cases
+    for ext in ("imagesTr/casetr03_0000.nii.gz", "labelsTr/casetr03.nii.gz"):
+        (moved / ext).rename(moved / ext.replace("casetr03", "casetr99"))
+    before = _digest(run)
+    assert main([*resume, "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "cases.json" in err and "no longer there casetr03" in err and "new casetr99" in err, err
+    assert _digest(run) == before  # nothing written
+    assert load_checkpoint(run / "checkpoint_latest.pt")["step"] == 3
+
+
 def test_a_start_without_checkpoint_never_blocks_a_rerun(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     bad = ["train", str(tiny_dataset), "--out", str(run), "--method", "maskgen", "--extractor", "anatomix",

@@ -24,10 +24,10 @@ from maskgen.training.trainer import is_restartable
 
 #: the exported files a finished cell needs (``report.CELL_FILES`` writes them)
 NEEDED = ("config.yaml", "log.csv", "test/metrics_per_case.csv")
-OPTIONAL = ("training_curves.png",)
+OPTIONAL = ("training_curves.png", "cases.json")
 #: what an unfinished cell needs to resume (``report.PARTIAL_FILES``)
 RESUMABLE = ("config.yaml", "log.csv", "checkpoint_latest.pt")
-RESUMABLE_OPTIONAL = ("train.log", "checkpoint_best.pt", "training_curves.png")
+RESUMABLE_OPTIONAL = ("train.log", "checkpoint_best.pt", "training_curves.png", "cases.json")
 
 
 def last_logged_step(log_csv: Path) -> int:

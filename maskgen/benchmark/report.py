@@ -303,7 +303,7 @@ def _figures(cfg: BenchmarkConfig, cells: list[Cell], report: dict[str, Any], ou
 #: what ``--export`` copies: the report, and per finished or started cell its settings, log and test scores
 REPORT_FILES = ("table.md", "table.csv", "table.json", "sweep.md", "sweep.csv", "per_case.csv", "per_domain.md",
                 "per_domain.csv", "average_rank.png", "benchmark.yaml")
-CELL_FILES = ("config.yaml", "log.csv", "training_curves.png", "test/metrics_per_case.csv")
+CELL_FILES = ("config.yaml", "log.csv", "training_curves.png", "test/metrics_per_case.csv", "cases.json")
 
 
 #: what ``export(checkpoints=True)`` adds for a cell still training, so ``--resume-from`` can continue it

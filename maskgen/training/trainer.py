@@ -32,6 +32,7 @@ from maskgen.runtime.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from maskgen.runtime.config import TrainConfig
 from maskgen.runtime.sliding import sliding_window_probs
 from maskgen.steplog import StepLog, truncate_step_log
+from maskgen.training.case_record import CASES_FILE, check_case_record, write_case_record
 from maskgen.training.grad_check import GradientCheck
 from maskgen.training.losses import segmentation_loss
 
@@ -42,7 +43,7 @@ log = logging.getLogger("maskgen")
 
 
 #: what a start that ended before its first checkpoint leaves behind; such a folder never blocks a rerun
-FAILED_START_FILES = {"config.yaml", "train.log", "log.csv", "training_curves.png"}
+FAILED_START_FILES = {"config.yaml", "train.log", "log.csv", "training_curves.png", CASES_FILE}
 
 
 def is_restartable(run_dir: Path) -> bool:
@@ -101,6 +102,8 @@ class Trainer:
                 raise ValueError(f"{cfg_path}: the run was trained on {saved.dataset}, not {cfg.dataset}; "
                                  "--resume continues the same run (use another --out for a new one)")
             if moved:
+                log.warning("%s: the run's dataset %s is gone; resuming on %s, checked to give the same "
+                            "training and validation cases", cfg_path, saved.dataset, cfg.dataset)
                 saved.dataset = cfg.dataset
         saved.out = cfg.out  # the run folder is where it is now (it may have been moved or copied)
         if saved.splits is not None and cfg.splits is not None and not Path(saved.splits).exists():
@@ -133,6 +136,8 @@ class Trainer:
         train_cases, val_cases = self.spec.split("train"), self.spec.split("val")
         if not train_cases:
             raise ValueError(f"{cfg.dataset}: no training cases")
+        if self.resume:
+            check_case_record(self.run_dir, cfg.dataset, train_cases, val_cases)
         main = self.dist.is_main
         if main:  # the run folder is created only once the dataset has passed its checks
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +175,8 @@ class Trainer:
         if main:
             if not self.resume:
                 self._discard_previous_run()
+            if not self.resume or not (self.run_dir / CASES_FILE).is_file():
+                write_case_record(self.run_dir, train_cases, val_cases)
             cfg.save(self.run_dir / "config.yaml")
         self.criterion = segmentation_loss(cfg.ignore_index)
         self.step_module = self._distributed_step()
