@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from maskgen.analysis.registry import Analysis, first_paragraph, read_text_report, register_analysis
 from maskgen.analysis.runs import resolve_runs, write_rows_and_summary
 from maskgen.evaluation.evaluate import format_stat, mean_se
 from maskgen.evaluation.plots import plot_domain_bars
@@ -80,3 +81,10 @@ def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> No
     atomic_write_text(out / "adaptation.txt", "\n".join(lines) + "\n")
     plot_domain_bars(bars, out / "adaptation.png", title="Test Dice per domain, plain and adapted",
                      in_domain=sorted(in_domain))
+
+
+register_analysis(Analysis(
+    name="adaptation", function=adaptation, help="test Dice per domain without and with a test-time adaptation (--tta)",
+    description=first_paragraph(__doc__), out_help="analysis folder (adaptation.csv, summary.json, .txt, .png)",
+    report=read_text_report("adaptation.txt"), tta=True,
+))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskgen.analysis.registry import Analysis, Option, first_paragraph, read_text_report, register_analysis
 from maskgen.analysis.runs import resolve_runs, write_rows_and_summary
 from maskgen.evaluation.evaluate import case_mean_se
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
@@ -93,3 +94,14 @@ def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> No
     ax.legend(loc="best", fontsize=8)
     save_figure(fig, out / "flatness.png")
     atomic_write_text(out / "flatness.txt", "\n".join(lines) + "\n")
+
+
+register_analysis(Analysis(
+    name="flatness", function=flatness, help="test Dice after Gaussian noise of increasing scale on all weights (B.7)",
+    description=first_paragraph(__doc__), out_help="analysis folder (flatness.csv, summary.json, .txt, .png)",
+    report=read_text_report("flatness.txt"), options=(
+        Option("--scales", "noise scales relative to each weight tensor's norm (default "
+               f"{' '.join(map(str, DEFAULT_SCALES))})", DEFAULT_SCALES, float, "+"),
+        Option("--draws", "seeded noise draws per scale (default 5, the paper's)", 5, int),
+    ),
+))

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from maskgen.analysis.registry import Analysis, read_text_report, register_analysis
 from maskgen.analysis.runs import resolve_runs
 from maskgen.figures import new_figure, save_figure
 from maskgen.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_fresh_dir
@@ -81,3 +82,13 @@ def gradients(runs: Sequence[str | Path], out: str | Path, overwrite: bool = Fal
     ax.legend(fontsize=8)
     save_figure(fig, out / "gradients.png")
     return summary
+
+
+register_analysis(Analysis(
+    name="gradients", function=gradients, help="the gradient check (B.2) of runs trained with --grad-check-every",
+    description="Histogram and summary of the cosines in each run's grad_check.csv (the paper's appendix B.2, "
+                "Figure 8).",
+    runs="run folders trained with maskgen train --grad-check-every K",
+    out_help="analysis folder (gradients.csv, summary.json, .txt, .png)", report=read_text_report("gradients.txt"),
+    model_options=False,
+))

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from maskgen.analysis.registry import Analysis, Option, read_text_report, register_analysis
 from maskgen.analysis.runs import resolve_runs
 from maskgen.data.volumes import load_volume
 from maskgen.evaluation.evaluate import case_row
@@ -92,3 +93,14 @@ def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> No
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     save_figure(fig, out / "qc.png")
+
+
+register_analysis(Analysis(
+    name="qc", function=qc_validation, help="does predict --qc rank failing cases? Spearman with the true Dice on the test set",
+    description="The quality-check score and softmax entropy of each labelled test case of the run, and their "
+                "Spearman correlation with its true Dice.",
+    runs="run folders of methods that read stable features",
+    out_help="analysis folder (qc_validation.csv, summary.json, qc.txt, qc.png)", report=read_text_report("qc.txt"),
+    options=(Option("--random-views", f"random channel masks per case (default {DEFAULT_RANDOM_VIEWS})",
+                    DEFAULT_RANDOM_VIEWS, int, keyword="n_random"),),
+))

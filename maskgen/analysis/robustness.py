@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from monai.transforms import RandBiasField
 
+from maskgen.analysis.registry import Analysis, Option, first_paragraph, read_text_report, register_analysis
 from maskgen.analysis.runs import resolve_runs, write_rows_and_summary
 from maskgen.evaluation.evaluate import case_mean_se
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
@@ -99,3 +100,15 @@ def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> No
     axes[0].legend(loc="best", fontsize=8)
     save_figure(fig, out / "robustness.png")
     atomic_write_text(out / "robustness.txt", "\n".join(lines) + "\n")
+
+
+register_analysis(Analysis(
+    name="robustness", function=robustness, help="test Dice under gamma and bias fields of increasing strength",
+    description=first_paragraph(__doc__), out_help="analysis folder (robustness.csv, summary.json, .txt, .png)",
+    report=read_text_report("robustness.txt"), options=(
+        Option("--gammas", f"gamma levels (default {' '.join(map(str, DEFAULT_GAMMAS))})", DEFAULT_GAMMAS, float, "+"),
+        Option("--strengths", f"bias field strengths (default {' '.join(map(str, DEFAULT_BIAS))})", DEFAULT_BIAS,
+               float, "+"),
+        Option("--fields", "seeded bias fields per strength (default 3)", 3, int),
+    ),
+))

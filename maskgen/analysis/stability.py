@@ -570,3 +570,44 @@ def parse_weights(items: Sequence[str]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"--extractor-weights expects NAME=PATH, got {item!r}")
         out.setdefault(name, {})["weights"] = path
     return out
+
+
+def _stability_declaration() -> None:
+    from maskgen.analysis.registry import Analysis, Option, first_paragraph, register_analysis
+    from maskgen.data.phantom import VARIANTS
+    from maskgen.extractors import extractor_name
+
+    register_analysis(Analysis(
+        name="stability", function=stability_report, runs=None, model_options=False, device_default="cpu",
+        help="linear CKA of extractor features (and of the raw image) between domains and under gamma",
+        description=first_paragraph(__doc__) + " Without --pairs, subjects are rendered by the phantom generator.",
+        out_help="report folder (cka_domains.csv, cka_gamma.csv, summary.json, PNGs)", call_kwargs=(("verbose", True),),
+        report=lambda result, _out: f"{format_table(result['summary'])}\n\n{result['summary']['wall_time_s']:.1f} s",
+        options=(
+            Option("--extractors", "extractors to score besides the raw image; a+b scores their concatenated features "
+                   "(default mind)", ("mind",), extractor_name, "+", metavar="NAME[+NAME...]"),
+            Option("--extractor-weights", "weights file per extractor, e.g. anatomix=anatomix.pth", (), nargs="+",
+                   metavar="NAME=PATH", keyword="extractor_kwargs", convert=parse_weights),
+            Option("--pairs", "CSV with columns subject,domain,image (co-registered images; default: phantom subjects)"),
+            Option("--subjects", "phantom subjects (default 3)", 3, int),
+            Option("--shape", "phantom volume shape (default 64 64 64)", (64, 64, 64), int, 3, metavar=("D", "H", "W")),
+            Option("--spacing", "phantom voxel spacing in mm (default 1.5)", (1.5, 1.5, 1.5), float, 3,
+                   metavar=("X", "Y", "Z")),
+            Option("--variant", "phantom variant (default edges; texture: issue 17's harder test, as maskgen phantom "
+                   "--variant)", "edges", choices=VARIANTS),
+            Option("--domains", "domains to compare (phantom default: T1w T2w PDw FLAIR CT; with --pairs: all listed)",
+                   nargs="+"),
+            Option("--reference", "domain compared with all others and perturbed by gamma (default T1w / first in "
+                   "--pairs)"),
+            Option("--gammas", f"gamma perturbations x -> x**gamma (default {' '.join(map(str, DEFAULT_GAMMAS))})",
+                   DEFAULT_GAMMAS, float, "+"),
+            Option("--voxels", f"voxels sampled per subject inside the mask (default {DEFAULT_N_VOXELS})",
+                   DEFAULT_N_VOXELS, int, keyword="n_voxels"),
+            Option("--mask", "where to sample voxels: otsu body mask of the reference image (default), nonzero, all",
+                   "otsu", choices=MASKS),
+            Option("--seed", "seed of the voxel sample and of the phantom subjects (default 0)", 0, int),
+        ),
+    ))
+
+
+_stability_declaration()

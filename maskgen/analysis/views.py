@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from maskgen.analysis.registry import Analysis, first_paragraph, read_text_report, register_analysis
 from maskgen.analysis.runs import resolve_runs
 from maskgen.evaluation.evaluate import format_stat
 from maskgen.evaluation.plots import plot_domain_bars
@@ -68,3 +69,10 @@ def _write(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> No
             bars[f"{name}: {view}"] = {d: (v["mean"], v["se"]) for d, v in by_domain.items() if d != "overall"}
     atomic_write_text(out / "views.txt", "\n".join(lines) + "\n")
     plot_domain_bars(bars, out / "views.png", title="Dependence on each input source (test Dice per domain)")
+
+
+register_analysis(Analysis(
+    name="views", function=view_dependence, help="test Dice with all inputs, the image masked, the features masked (Figure 4)",
+    description=first_paragraph(__doc__), out_help="analysis folder (views.csv, summary.json, views.txt, views.png)",
+    report=read_text_report("views.txt"),
+))
