@@ -57,3 +57,17 @@ def test_a_new_declaration_gets_its_flags_and_is_called_with_them(tmp_path, caps
     with pytest.raises(ValueError, match="registered twice"):
         register_analysis(Analysis(name="toy", function=toy, help="", description="", out_help="",
                                    report=read_text_report("toy.txt")))
+
+
+def test_an_analysis_names_a_missing_or_foreign_run_folder_before_writing(tmp_path, capsys):
+    (tmp_path / "not_a_run").mkdir()
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    (carried / "config.yaml").write_text("method: erm\n")
+    (carried / "carried_over.json").write_text("{}\n")
+    for run, said in ((tmp_path / "gone", "gone: no such run folder"),
+                      (tmp_path / "not_a_run", "not_a_run: not a run folder written by maskgen train"),
+                      (carried, "checkpoint_best.pt not found (a cell carried over by --resume-from")):
+        assert main(["analyze", "views", str(run), "--out", str(tmp_path / "out")]) == 2
+        assert said in capsys.readouterr().err, run
+    assert not (tmp_path / "out").exists()

@@ -32,14 +32,20 @@ def resolve_runs(paths: Sequence[str | Path], checkpoint: str | None = None) -> 
                     run = p / "cells" / s["dataset"] / s["arm"] / point_tag(s["point"]) / f"seed{seed}"
                     label = (f"{s['dataset']}_" if several else "") + s["arm"]
                     found.append((label + (f"_seed{seed}" if len(s["seeds"]) > 1 else ""), run))
+        elif not p.is_dir():
+            raise FileNotFoundError(f"{p}: no such run folder")
+        elif not (p / "config.yaml").is_file():
+            raise ValueError(f"{p}: not a run folder written by maskgen train (no config.yaml) nor a maskgen "
+                             "benchmark folder (no table.json)")
         else:
             found.append((p.name, p))
     if checkpoint is not None:  # every run is checked before an analysis spends minutes on the first
-        missing = [str(run / f"checkpoint_{checkpoint}.pt") for _, run in found
-                   if not (run / f"checkpoint_{checkpoint}.pt").is_file()]
+        missing = [run for _, run in found if not (run / f"checkpoint_{checkpoint}.pt").is_file()]
         if missing:
-            raise FileNotFoundError("checkpoint not found (a cell carried over by --resume-from has none; rerun "
-                                    "or pass a run that has it): " + ", ".join(missing))
+            carried = any((run / "carried_over.json").is_file() for run in missing)
+            hint = " (a cell carried over by --resume-from keeps no checkpoint; rerun it)" if carried else ""
+            raise FileNotFoundError(f"checkpoint_{checkpoint}.pt not found{hint}: "
+                                    + ", ".join(str(run / f"checkpoint_{checkpoint}.pt") for run in missing))
     labels = [label for label, _ in found]
     if len(set(labels)) != len(labels):
         found = _distinct_labels(found)
