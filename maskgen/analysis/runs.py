@@ -32,9 +32,9 @@ def resolve_runs(paths: Sequence[str | Path], checkpoint: str | None = None) -> 
                     run = p / "cells" / s["dataset"] / s["arm"] / point_tag(s["point"]) / f"seed{seed}"
                     label = (f"{s['dataset']}_" if several else "") + s["arm"]
                     found.append((label + (f"_seed{seed}" if len(s["seeds"]) > 1 else ""), run))
-        elif not p.is_dir():
+        elif checkpoint is not None and not p.is_dir():
             raise FileNotFoundError(f"{p}: no such run folder")
-        elif not (p / "config.yaml").is_file():
+        elif checkpoint is not None and not (p / "config.yaml").is_file():
             raise ValueError(f"{p}: not a run folder written by maskgen train (no config.yaml) nor a maskgen "
                              "benchmark folder (no table.json)")
         else:
