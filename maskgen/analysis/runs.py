@@ -18,7 +18,8 @@ def resolve_runs(paths: Sequence[str | Path], checkpoint: str | None = None) -> 
     """(label, run folder) for each path. A ``maskgen benchmark`` folder (its ``table.json``) gives every seed of
     each method's selected grid point, labelled ``method`` (``_seedK`` with several seeds, ``dataset/`` first with
     several datasets). Labels are unique: repeated folder names get their parent folders as a prefix. With ``checkpoint``
-(best, latest), a run without that checkpoint is an error naming every such file, before any work."""
+(best, latest), a path that is no folder or no run folder (no ``config.yaml``), and a run without that checkpoint,
+are errors naming the path, before any work."""
     found: list[tuple[str, Path]] = []
     for p in map(Path, paths):
         table = p / "table.json"
