@@ -9,6 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: in every temporary file's name, so one a kill left behind is recognised whatever its suffix (.json, .png)
+TEMP_MARK = ".tmp-"
+
+
+def is_atomic_temporary(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_write`'s temporary files (older ones ended in ``.tmp``)."""
+    return name.startswith(".") and (TEMP_MARK in name or name.endswith(".tmp"))
+
 
 def atomic_write(path: str | Path, writer: Callable[[Path], None], suffix: str | None = None) -> Path:
     """Call ``writer(tmp_path)`` then rename the temporary file onto ``path``.
@@ -20,7 +28,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None], suffix: str |
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}{TEMP_MARK}", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

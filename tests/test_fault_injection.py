@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 
+from maskgen.io import is_atomic_temporary
 from maskgen.runtime.checkpoint import load_checkpoint
 
 STEPS = 300
@@ -53,4 +54,4 @@ def test_kill_9_at_random_moments_then_resume_loses_and_repeats_nothing(tiny_dat
         ckpt = load_checkpoint(run / name)
         assert 0 < ckpt["step"] <= STEPS
     assert load_checkpoint(run / "checkpoint_latest.pt")["step"] == STEPS
-    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # no temporary file left behind
+    assert not [p.name for p in run.iterdir() if is_atomic_temporary(p.name)]  # no temporary file left behind

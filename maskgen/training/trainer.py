@@ -25,7 +25,7 @@ from maskgen.data.nnunet import DatasetSpec, load_dataset
 from maskgen.data.preprocess import load_case, median_spacing
 from maskgen.data.sampling import PatchSampler, round_up
 from maskgen.device import autocast, place_model, resolve_device
-from maskgen.io import OutputExistsError, atomic_torch_save
+from maskgen.io import OutputExistsError, atomic_torch_save, is_atomic_temporary
 from maskgen.metrics import dice_per_class, drop_ignored
 from maskgen.runtime.build import build_extractor_from_config, build_method_from_config
 from maskgen.runtime.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
@@ -47,11 +47,12 @@ FAILED_START_FILES = {"config.yaml", "train.log", "log.csv", "training_curves.pn
 
 
 def is_restartable(run_dir: Path) -> bool:
-    """True for a missing folder or one holding only what a start without any checkpoint writes."""
+    """True for a missing folder or one holding only what a start without any checkpoint writes (a kill
+    between the first best and latest checkpoints leaves a best one alone: the run had nothing to resume)."""
     if not run_dir.is_dir():
         return True
-    return all(p.name in FAILED_START_FILES or (p.name.startswith(".") and p.name.endswith(".tmp"))
-               for p in run_dir.iterdir())
+    left = FAILED_START_FILES | ({"checkpoint_best.pt"} if not (run_dir / "checkpoint_latest.pt").exists() else set())
+    return all(p.name in left or is_atomic_temporary(p.name) for p in run_dir.iterdir())
 
 
 def cosine_factor(step: int, total: int) -> float:
@@ -141,8 +142,9 @@ class Trainer:
         main = self.dist.is_main
         if main:  # the run folder is created only once the dataset has passed its checks
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.run_dir.glob(".*.tmp"):  # what a kill during an atomic write left behind
-                stale.unlink(missing_ok=True)
+            for stale in self.run_dir.iterdir():  # what a kill during an atomic write left behind
+                if stale.is_file() and is_atomic_temporary(stale.name):
+                    stale.unlink(missing_ok=True)
         self.file_log = _run_file_log(self.run_dir / "train.log") if main else _silent_log()
         cfg.modality = self.spec.modality
         cfg.channels, cfg.modalities = self.spec.channels, self.spec.modalities
