@@ -215,6 +215,7 @@ def test_a_kill_inside_the_starts_atomic_writes_never_blocks_a_rerun(tiny_datase
     run = tmp_path / "run"
     run.mkdir()
     (run / "train.log").write_text("")
+    (run / "grad_check.csv").write_text("step,all\n")  # --grad-check-every's log, opened before step 1
     for name in ("cases.json", "config.yaml", "training_curves.png", "checkpoint_latest.pt"):
         # a process that dies (os._exit runs no cleanup, as kill -9) while its temporary file is half written
         code = ("import os, sys; from maskgen.io import atomic_write; "
@@ -222,7 +223,7 @@ def test_a_kill_inside_the_starts_atomic_writes_never_blocks_a_rerun(tiny_datase
         assert subprocess.run([sys.executable, "-c", code, str(run / name)]).returncode == 9
     (run / "checkpoint_best.pt").write_text("the first best, written just before the first latest")
     left = sorted(p.name for p in run.iterdir())
-    assert len(left) >= 5 and is_restartable(run), left
+    assert len(left) >= 6 and is_restartable(run), left
     assert main(["train", str(tiny_dataset), "--out", str(run), "--no-test", *TINY]) == 0
     assert load_checkpoint(run / "checkpoint_latest.pt")["step"] == 2
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]

@@ -33,6 +33,7 @@ from maskgen.runtime.config import TrainConfig
 from maskgen.runtime.sliding import sliding_window_probs
 from maskgen.steplog import StepLog, truncate_step_log
 from maskgen.training.case_record import CASES_FILE, check_case_record, write_case_record
+from maskgen.training.grad_check import FILE as GRAD_CHECK_FILE
 from maskgen.training.grad_check import GradientCheck
 from maskgen.training.losses import segmentation_loss
 
@@ -43,7 +44,7 @@ log = logging.getLogger("maskgen")
 
 
 #: what a start that ended before its first checkpoint leaves behind; such a folder never blocks a rerun
-FAILED_START_FILES = {"config.yaml", "train.log", "log.csv", "training_curves.png", CASES_FILE}
+FAILED_START_FILES = {"config.yaml", "train.log", "log.csv", "training_curves.png", CASES_FILE, GRAD_CHECK_FILE}
 
 
 def is_restartable(run_dir: Path) -> bool:
