@@ -546,3 +546,12 @@ def test_a_moved_benchmark_folder_resumes_its_interrupted_cell(finished, tmp_pat
 
     cfg = TrainConfig.load(moved / cell / "config.yaml")
     assert any(p.startswith("dataset: ") for p in replace(cfg, dataset=str(other / "phantom")).conflicts_with(cfg))
+
+
+def test_repeated_only_flags_add_their_patterns():
+    """``--only A --only B`` trains both (argparse's plain nargs kept only the last, and a session lost cells)."""
+    from maskgen.cli import build_parser
+
+    args = build_parser().parse_args(["benchmark", "c.yaml", "--out", "o", "--only", "a/*", "b/*", "--only", "c/*"])
+    assert args.only == ["a/*", "b/*", "c/*"]
+    assert build_parser().parse_args(["benchmark", "c.yaml", "--out", "o"]).only == []

@@ -33,10 +33,10 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
     p.add_argument("--resume-from", default=None, metavar="EXPORT",
                    help="a folder --export wrote (e.g. committed results): its finished cells with this config's "
                         "settings count as done here, so a machine that lost --out trains only the rest")
-    p.add_argument("--only", nargs="+", default=(), metavar="PATTERN",
+    p.add_argument("--only", nargs="+", action="extend", default=[], metavar="PATTERN",
                    help="train only the cells whose id matches a shell pattern, e.g. 'phantom/erm/*/seed0' "
                         "'*/maskgen/mask_rate=0.25/*' (ids: DATASET/METHOD/GRID POINT/seedK); the report still "
-                        "covers every finished cell")
+                        "covers every finished cell; repeating --only adds patterns")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_benchmark)
     return p
