@@ -18,6 +18,7 @@ from monai.transforms import RandBiasField
 
 from maskgen.analysis.registry import Analysis, Option, first_paragraph, read_text_report, register_analysis
 from maskgen.analysis.runs import resolve_runs, write_rows_and_summary
+from maskgen.data.volumes import plain_tensor
 from maskgen.evaluation.evaluate import case_mean_se
 from maskgen.evaluation.testing import labelled_test_cases, score_cases
 from maskgen.figures import new_figure, save_figure
@@ -40,7 +41,7 @@ def bias_field(strength: float, seed: int):
         t = RandBiasField(degree=3, coeff_range=(-strength, strength), prob=1.0)
         t.set_random_state(seed=seed)
         y = t(x)
-        y = (y.as_tensor() if hasattr(y, "as_tensor") else torch.as_tensor(y)).float()  # plain tensor, no meta
+        y = plain_tensor(y).float()
         lo, hi = y.min(), y.max()
         return (y - lo) / (hi - lo) if hi > lo else y
 

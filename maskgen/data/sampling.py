@@ -13,8 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.data import get_track_meta, set_track_meta
 from monai.transforms import SpatialPad
 from torch.utils.data import IterableDataset, get_worker_info
+
+from maskgen.data.volumes import plain_tensor
 
 
 class PatchSampler(IterableDataset):
@@ -31,8 +34,8 @@ class PatchSampler(IterableDataset):
         """``ignore_index``: class index of unannotated voxels, never a foreground centre."""
         if not volumes:
             raise ValueError("no training volumes")
-        self.images = [v["image"].as_tensor() if hasattr(v["image"], "as_tensor") else v["image"] for v in volumes]
-        self.labels = [v["label"].as_tensor() if hasattr(v["label"], "as_tensor") else v["label"] for v in volumes]
+        self.images = [plain_tensor(v["image"]) for v in volumes]
+        self.labels = [plain_tensor(v["label"]) for v in volumes]
         self.patch = tuple(int(p) for p in patch_size)
         self.aug = augmentation
         self.fg_fraction = fg_fraction
@@ -49,11 +52,17 @@ class PatchSampler(IterableDataset):
                     pts = pts[rng.choice(len(pts), max_fg_points, replace=False)]
                 per_class.append(pts)
             self.fg_points.append(per_class)
-        self.pad = SpatialPad(self.patch)
+        # padded once here, not per sample; a volume already as large as the patch is kept as it is
+        self.padded = [(self._pad(img), self._pad(lab)) for img, lab in zip(self.images, self.labels)]
+
+    def _pad(self, t: torch.Tensor) -> torch.Tensor:
+        if all(s >= p for s, p in zip(t.shape[1:], self.patch)):
+            return t
+        return SpatialPad(self.patch)(t).as_tensor()
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         i = int(rng.integers(len(self.images)))
-        img, lab = self.pad(self.images[i]), self.pad(self.labels[i])
+        img, lab = self.padded[i]
         shape = img.shape[1:]
         classes = self.fg_points[i]
         if classes and rng.random() < self.fg_fraction:
@@ -67,8 +76,15 @@ class PatchSampler(IterableDataset):
         sl = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(starts, self.patch))
         out = {"image": img[sl].clone(), "label": lab[sl].clone()}
         if self.aug is not None:
-            out = self.aug(out)
-            out = {k: torch.as_tensor(v).contiguous() for k, v in out.items()}
+            # plain tensors: MONAI's metadata tracking doubles the augmentation's cost, and MetaTensors
+            # collated into the batch slow every operator of the training step (docs/benchmarks.md)
+            tracking = get_track_meta()
+            set_track_meta(False)
+            try:
+                out = self.aug(out)
+            finally:
+                set_track_meta(tracking)
+            out = {k: plain_tensor(v).contiguous() for k, v in out.items()}
         out["image"] = out["image"].float()
         out["label"] = out["label"].to(lab.dtype)  # class indices: uint8 up to 256 classes, wider beyond
         return out

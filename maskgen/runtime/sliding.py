@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from maskgen.data.volumes import plain_tensor
 from maskgen.device import autocast
 from maskgen.extractors.base import StableExtractor, instance_normalize
 from maskgen.methods.base import Method
@@ -83,7 +84,7 @@ def sliding_window_probs(
     device = torch.device(device)
     was_training = method.training
     method.eval()
-    x = torch.as_tensor(image).float().unsqueeze(0).to(device)
+    x = plain_tensor(image).float().unsqueeze(0).to(device)
     once = feature_pass != "window" and method.uses_features and extractor is not None
     try:
         with autocast(device, amp):

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskgen.data.volumes import plain_tensor
 from maskgen.inference.tta.base import (
     EPS,
     TTA,
@@ -134,7 +135,7 @@ class StableFeatureBoosting(TTA):
         stable_logp = torch.log_softmax(log_probs(self.stable.window_probs(image)) / self.temperature, dim=0)
         log_prior = torch.log(stable_logp.exp().flatten(1).mean(1).clamp_min(EPS))[:, None, None, None]
         q = stable_logp.exp()
-        x, valid = pad_to(torch.as_tensor(image).float().to(device), patch)
+        x, valid = pad_to(plain_tensor(image).float().to(device), patch)
         rng = np.random.default_rng(self.seed)
         losses = []
         with Restore(method):

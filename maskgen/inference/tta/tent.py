@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskgen.data.volumes import plain_tensor
 from maskgen.inference.tta.base import (
     TTA,
     Restore,
@@ -67,7 +68,7 @@ class Tent(TTA):
         gets the same adaptation whatever came before it."""
         method, device = predictor.method, predictor.device
         patch = tuple(int(p) for p in predictor.cfg.patch_size)
-        x, valid = pad_to(torch.as_tensor(image).float().to(device), patch)
+        x, valid = pad_to(plain_tensor(image).float().to(device), patch)
         rng = np.random.default_rng(self.seed)
         starts = random_starts(tuple(x.shape[1:]), patch, self.steps, rng)
 
