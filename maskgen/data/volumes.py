@@ -25,7 +25,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 def plain_tensor(x) -> torch.Tensor:
     """``x`` as a plain torch tensor: a MONAI MetaTensor sends every operator through its metadata
-    bookkeeping, which costs a small 3D network about 14 % of its step on CPU (docs/benchmarks.md)."""
+    bookkeeping, which cost the demo's MaskGen step 14 % on CPU (benchmarks/bench_metatensor_step.py)."""
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
