@@ -25,7 +25,7 @@ from maskgen.io import OutputExistsError, atomic_write_json, atomic_write_text
 
 @dataclass
 class DemoSettings:
-    """Sized for 2 CPU cores (measured: 22.6 minutes with the arms at once; ERM flat over its last quarter,
+    """Sized for 2 CPU cores (measured: 20.5 minutes with the arms at once; ERM flat over its last quarter,
     MaskGen still gaining 0.017; docs/results.md): the phantom's 128 mm field of view
     at 48^3 voxels of 2.67 mm, 24^3 crops (the same 64 mm of context as 32^3 crops at 2 mm), the benchmark's
     width-8 UNet, 4000 steps, and MaskGen's p as validation chose it in ``configs/benchmark/phantom_demo.yaml``
