@@ -55,3 +55,22 @@ def test_the_accumulator_holds_one_window_depth_not_the_volume(monkeypatch):
 def test_a_batch_of_volumes_is_refused():
     with pytest.raises(ValueError, match=r"expected one volume \(1, C, D, H, W\)"):
         streamed_sliding_window(torch.zeros(2, 1, 8, 8, 8), (8, 8, 8), _net(1, 2))
+
+
+@pytest.mark.parametrize("shape,roi", [((40, 24, 20), (16, 16, 16)), ((18, 20, 45), (16, 16, 12))])
+def test_slab_channels_equal_the_same_channels_given_as_input(shape, roi):
+    torch.manual_seed(1)
+    image, extra = torch.rand(1, 1, *shape), torch.rand(1, 2, *shape)
+    net = _net(3, 4)
+    asked = []
+
+    def slab(axis, start, stop):
+        asked.append(start)
+        return extra.narrow(axis + 2, start, stop - start)
+
+    expected = streamed_sliding_window(torch.cat([image, extra], 1), roi, net, overlap=0.5)
+    got = streamed_sliding_window(image, roi, net, overlap=0.5, slab_channels=slab)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert asked == sorted(set(asked))  # once per window start, in increasing order
+    with pytest.raises(ValueError, match="at least as large as the window"):
+        streamed_sliding_window(image[:, :, :8], roi, net, slab_channels=slab)

@@ -313,8 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="test-time augmentation: average over the 8 flips of the three axes (nnU-Net's mirroring; "
                          "8x slower; off by default)")
     pr.add_argument("--feature-pass", default=None, choices=["window", "volume", "volume-norm"],
-                    help="stable features on every sliding window, or once per volume (normalised per window, or "
-                         "over the volume); measured in docs/benchmarks.md (default: maskgen.runtime.sliding's)")
+                    help="stable features on every sliding window (default, as validation computes them), once per "
+                         "voxel a slab at a time and normalised per window (volume: faster, 0.2 GB more), or once "
+                         "over the whole volume held in memory (volume-norm); measured in docs/benchmarks.md")
     pr.add_argument("--qc", action="store_true",
                     help="per-case reliability from the partial views (image masked, features masked, random masks "
                          "at the training rate): agreement with the full prediction in qc.csv, low = likely failing; "

@@ -35,6 +35,9 @@ class StableExtractor(nn.Module):
     min_size: int = 1
     #: instance-normalise each channel of each sample (the MaskGen reference does)
     normalize: bool = True
+    #: voxels on each side that a feature depends on, or None when unknown or unbounded (a UNet); with a
+    #: radius, inference computes the features slab by slab with this halo (``predict --feature-pass volume``)
+    receptive_radius: int | None = None
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -90,6 +93,7 @@ class NoExtractor(StableExtractor):
     """No stable source (ERM and other image-only methods)."""
 
     out_channels = 0
+    receptive_radius = 0
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros((x.shape[0], 0, *x.shape[2:]))

@@ -31,6 +31,7 @@ class ChannelwiseExtractor(StableExtractor):
         self.name = base.name
         self.out_channels = base.out_channels * len(self.reads)
         self.size_multiple, self.min_size, self.normalize = base.size_multiple, base.min_size, base.normalize
+        self.receptive_radius = base.receptive_radius
         #: input channels treated as missing (``predict --missing``): zero features
         self.absent: frozenset[int] = frozenset()
 

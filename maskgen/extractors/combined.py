@@ -101,6 +101,8 @@ class CombinedExtractor(StableExtractor):
         self.size_multiple = math.lcm(*(m.size_multiple for m in members))
         self.min_size = max(m.min_size for m in members)
         self.normalize = all(m.normalize for m in members)
+        radii = [m.receptive_radius for m in members]
+        self.receptive_radius = None if None in radii else max(radii)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:

@@ -82,6 +82,7 @@ class MindSSCExtractor(StableExtractor):
         super().__init__()
         self.radius = radius
         self.dilation = dilation
+        self.receptive_radius = dilation + radius  # shifted by up to d, then a box filter of radius r
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         return mind_ssc(x[:, :1], self.radius, self.dilation)
@@ -102,6 +103,7 @@ class MultiScaleMindExtractor(StableExtractor):
         self.radius = radius
         self.dilations = tuple(int(d) for d in dilations)
         self.out_channels = 12 * len(self.dilations)
+        self.receptive_radius = max(self.dilations) + radius
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([mind_ssc(x[:, :1], self.radius, d) for d in self.dilations], dim=1)

@@ -11,6 +11,7 @@ from maskgen.data.volumes import plain_tensor
 from maskgen.device import autocast
 from maskgen.extractors.base import StableExtractor, instance_normalize
 from maskgen.methods.base import Method
+from maskgen.runtime.slab_features import SlabFeatures
 from maskgen.runtime.streaming_windows import streamed_sliding_window
 
 
@@ -36,9 +37,10 @@ def make_predictor(method: Method, extractor: StableExtractor | None, feature_ma
 
 
 #: how inference computes the stable features: ``window`` runs the extractor on every sliding window (each
-#: voxel about 8 times at overlap 0.5, as training sees patches); ``volume`` runs it once on the whole volume
-#: and instance-normalises each window's slice by that window's statistics (training's normalisation);
-#: ``volume-norm`` normalises once over the whole volume. docs/benchmarks.md measures the three.
+#: voxel about 8 times at overlap 0.5, as training sees patches); ``volume`` computes it once per voxel (slab
+#: by slab with a halo where the extractor's receptive radius is bounded: slab_features.py; else on the whole
+#: volume) and instance-normalises each window's slice by that window's statistics (training's
+#: normalisation); ``volume-norm`` normalises once over the whole volume. docs/benchmarks.md measures them.
 FEATURE_PASSES = ("window", "volume", "volume-norm")
 DEFAULT_FEATURE_PASS = "window"
 
@@ -86,9 +88,15 @@ def sliding_window_probs(
     method.eval()
     x = plain_tensor(image).float().unsqueeze(0).to(device)
     once = feature_pass != "window" and method.uses_features and extractor is not None
+    slabs = (once and feature_pass == "volume" and extractor.receptive_radius is not None
+             and all(s >= r for s, r in zip(x.shape[2:], roi_size)))
+    slab_channels = None
     try:
         with autocast(device, amp):
-            if once:
+            if slabs:  # once per voxel, one window's depth at a time
+                inputs, slab_channels = x, SlabFeatures(extractor, x)
+                predictor = _precomputed_predictor(method, x.shape[1], extractor.normalize, feature_mask)
+            elif once:
                 normalise_once = feature_pass == "volume-norm" and extractor.normalize
                 feats = extractor(x, normalize=normalise_once).to(x.dtype)
                 inputs = torch.cat([x, feats], dim=1)
@@ -97,8 +105,8 @@ def sliding_window_probs(
                                                    feature_pass == "volume" and extractor.normalize, feature_mask)
             else:
                 inputs, predictor = x, make_predictor(method, extractor, feature_mask)
-            probs = streamed_sliding_window(inputs, roi_size, predictor, overlap=overlap,
-                                            sw_batch_size=sw_batch_size, out_dtype=out_dtype)
+            probs = streamed_sliding_window(inputs, roi_size, predictor, overlap=overlap, sw_batch_size=sw_batch_size,
+                                            out_dtype=out_dtype, slab_channels=slab_channels)
     finally:
         method.train(was_training)
     return probs

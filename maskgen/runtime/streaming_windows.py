@@ -32,6 +32,13 @@ def stream_axis(image_size: Sequence[int], roi_size: Sequence[int]) -> int:
     return max(range(len(image_size)), key=lambda a: (image_size[a] / roi_size[a], -a))
 
 
+def _along_axis(window: Sequence[slice], axis: int, origin: int) -> tuple[slice, ...]:
+    """``window`` with its ``axis`` slice moved to start from ``origin``."""
+    local = list(window)
+    local[axis] = slice(window[axis].start - origin, window[axis].stop - origin)
+    return tuple(local)
+
+
 @torch.no_grad()
 def streamed_sliding_window(
     inputs: torch.Tensor,
@@ -41,14 +48,22 @@ def streamed_sliding_window(
     sw_batch_size: int = 2,
     sigma_scale: float = 0.125,
     out_dtype: torch.dtype = torch.float32,
+    slab_channels: Callable[[int, int, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities (C, D, H, W) on the CPU of ``predictor``'s Gaussian-blended logits over the
     windows of ``inputs`` (1, C_in, D, H, W), accumulated in float32 on ``inputs``' device and stored as
-    ``out_dtype`` (float16 halves what the volume's probabilities take, as nnU-Net v2 keeps its logits)."""
+    ``out_dtype`` (float16 halves what the volume's probabilities take, as nnU-Net v2 keeps its logits).
+
+    ``slab_channels(axis, start, stop)``: more input channels, (1, C_extra, ...) over ``[start, stop)`` along
+    the stream axis and the whole of the others (precomputed stable features, a slab at a time); asked once
+    per window start, in increasing order, and appended to each window's ``inputs``. Volumes at least as
+    large as the window only: the padding of smaller ones is not applied to them."""
     if inputs.ndim != 5 or inputs.shape[0] != 1:
         raise ValueError(f"expected one volume (1, C, D, H, W), got shape {tuple(inputs.shape)}")
     roi = tuple(int(r) for r in roi_size)
     size = tuple(int(s) for s in inputs.shape[2:])
+    if slab_channels is not None and any(s < r for s, r in zip(size, roi)):
+        raise ValueError(f"slab channels need a volume at least as large as the window: {size} < {roi}")
     pad = [(max(r - s, 0) // 2, max(r - s, 0) - max(r - s, 0) // 2) for s, r in zip(size, roi)]
     if any(p for pair in pad for p in pair):  # MONAI's symmetric zero padding of a volume smaller than the window
         inputs = F.pad(inputs, [p for pair in reversed(pad) for p in pair])
@@ -88,16 +103,21 @@ def streamed_sliding_window(
     for start, group in groupby(windows, key=lambda w: w[axis].start):
         finish(start)
         group = list(group)
+        slab = slab_channels(axis, start, start + depth) if slab_channels is not None else None
         for i in range(0, len(group), sw_batch_size):
             batch = group[i:i + sw_batch_size]
-            x = torch.cat([inputs[(slice(None), slice(None), *w)] for w in batch])
+            if slab is None:
+                x = torch.cat([inputs[(slice(None), slice(None), *w)] for w in batch])
+            else:  # the slab starts at ``start`` along the axis and spans the window's depth
+                x = torch.cat([torch.cat([inputs[(slice(None), slice(None), *w)],
+                                          slab[(slice(None), slice(None), *_along_axis(w, axis, start))]], dim=1)
+                               for w in batch])
             logits = predictor(x).float().to(inputs.device)
             if acc is None:
                 acc = torch.zeros([logits.shape[1], *buffer_shape], device=inputs.device)
                 out = torch.empty([logits.shape[1], *padded], dtype=out_dtype)
             for w, y in zip(batch, logits):
-                local = list(w)
-                local[axis] = slice(w[axis].start - lo, w[axis].stop - lo)
+                local = _along_axis(w, axis, lo)
                 acc[(slice(None), *local)] += y * weight
                 count[(slice(None), *local)] += weight
             del logits, x
