@@ -7,6 +7,11 @@ an untrained MaskGen UNet (the timing and memory do not depend on the weights). 
 ``volume-whole`` are compared voxel by voxel.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_slab_features.py --shape 256 256 192 --json OUT.json
+
+``--interleave N`` times instead ``volume`` in slabs against the whole-volume pass in one process, alternating,
+N times each (a speed ratio that machine load hits alike; no memory figures):
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_slab_features.py --shape 128 128 96 --patch 48 --interleave 4
 """
 
 from __future__ import annotations
@@ -26,26 +31,55 @@ import numpy as np
 PASSES = ("window", "volume", "volume-whole")
 
 
-def child(args: argparse.Namespace) -> None:
+def _setup(args: argparse.Namespace):
     import torch
 
     from maskgen.extractors import build_extractor
     from maskgen.methods import build_method
-    from maskgen.runtime.sliding import sliding_window_probs
 
     torch.manual_seed(0)
     ext = build_extractor("mind")
-    if args.feature_pass == "volume-whole":
-        ext.receptive_radius = None
     method = build_method("maskgen", image_channels=1, feature_channels=ext.out_channels, n_classes=args.classes,
                           network={"base_width": args.base_width, "n_poolings": args.n_poolings}).eval()
     image = torch.rand(1, *args.shape, generator=torch.Generator().manual_seed(1))
-    fp = "volume" if args.feature_pass == "volume-whole" else args.feature_pass
-    t0 = time.perf_counter()
-    probs = sliding_window_probs(method, ext, image, (args.patch,) * 3, 0.5, feature_pass=fp, out_dtype=torch.float16)
-    seconds = time.perf_counter() - t0
+    return ext, method, image
+
+
+def _predict(args: argparse.Namespace, ext, method, image, feature_pass: str):
+    """(probabilities, seconds) of one pass; ``volume-whole`` hides the receptive radius."""
+    import torch
+
+    from maskgen.runtime.sliding import sliding_window_probs
+
+    radius = ext.receptive_radius
+    ext.receptive_radius = None if feature_pass == "volume-whole" else radius
+    fp = "volume" if feature_pass == "volume-whole" else feature_pass
+    try:
+        t0 = time.perf_counter()
+        probs = sliding_window_probs(method, ext, image, (args.patch,) * 3, 0.5, feature_pass=fp,
+                                     out_dtype=torch.float16)
+        return probs, time.perf_counter() - t0
+    finally:
+        ext.receptive_radius = radius
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    probs, seconds = _predict(args, *_setup(args), args.feature_pass)
     np.save(args.mask_out, probs.argmax(0).to(torch.uint8).numpy())
     print(json.dumps({"seconds": seconds}))
+
+
+def interleaved(args: argparse.Namespace) -> dict:
+    ext, method, image = _setup(args)
+    times: dict[str, list[float]] = {"volume": [], "volume-whole": []}
+    for _ in range(args.interleave):
+        for fp in times:
+            times[fp].append(round(_predict(args, ext, method, image, fp)[1], 2))
+    for fp, t in times.items():
+        print(fp, t, flush=True)
+    return {"interleaved_seconds": times}
 
 
 def main() -> None:
@@ -56,6 +90,7 @@ def main() -> None:
     ap.add_argument("--base-width", type=int, default=8)
     ap.add_argument("--n-poolings", type=int, default=3)
     ap.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
+    ap.add_argument("--interleave", type=int, default=0, help="time volume vs volume-whole N times in one process")
     ap.add_argument("--json", default=None)
     ap.add_argument("--feature-pass", help=argparse.SUPPRESS)
     ap.add_argument("--mask-out", help=argparse.SUPPRESS)
@@ -66,6 +101,12 @@ def main() -> None:
               "--base-width", str(args.base_width), "--n-poolings", str(args.n_poolings)]
     result = {"command": "python benchmarks/bench_slab_features.py " + " ".join(common),
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "passes": {}}
+    if args.interleave:
+        result["command"] += f" --interleave {args.interleave}"
+        result.update(interleaved(args))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return
     masks = {}
     with tempfile.TemporaryDirectory() as tmp:
         for fp in args.passes:
